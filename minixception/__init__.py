@@ -1,0 +1,14 @@
+"""minixception: Xception (Chollet, 2017) from scratch on NumPy and CuPy.
+
+    import minixception as mx
+    layer = mx.nn.SeparableConv2D(32, 64)
+    y = layer(x)            # x: (N, H, W, 32), NHWC
+    dx = layer.backward(dy)
+"""
+from . import backend, functional, gradcheck, losses, nn, optim
+from .backend import get_array_module, gpu_available, to_device, to_numpy
+
+__version__ = "0.1.0"
+
+__all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
+           "gpu_available", "to_device", "to_numpy", "__version__"]
