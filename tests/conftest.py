@@ -1,0 +1,31 @@
+"""Shared test set-up: the ``gpu`` marker and seeded random generators.
+
+Tests marked ``@pytest.mark.gpu`` need CuPy *and* a usable CUDA GPU; they are
+skipped otherwise (``bench/gpu_check.sh`` runs them on a GPU machine).
+"""
+import numpy as np
+import pytest
+
+import minixception as mx
+
+
+def pytest_configure(config):
+    # also declared in pyproject.toml; repeated here so the marker is known when the
+    # tests are run from a checkout whose pyproject lacks it
+    config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA GPU (skipped otherwise)")
+    config.addinivalue_line("markers", "slow: longer tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if mx.backend.gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA GPU (cupy.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded NumPy generator per test (tests never share random state)."""
+    return np.random.default_rng(1234)
