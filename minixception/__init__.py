@@ -7,8 +7,11 @@
 """
 from . import backend, functional, gradcheck, losses, nn, optim
 from .backend import get_array_module, gpu_available, to_device, to_numpy
+from . import models
+from .summary import count_params, summary
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
            "gpu_available", "to_device", "to_numpy", "__version__"]
+__all__ += ["models", "count_params", "summary"]
