@@ -16,7 +16,18 @@ use a random dy.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
+
+
+def _sum_parts(parts):
+    """Add per-slice partial results in a fixed order (tuples added element-wise)."""
+    if isinstance(parts[0], tuple):
+        return tuple(_sum_parts([p[i] for p in parts]) for i in range(len(parts[0])))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=True,
@@ -25,6 +36,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
 
     In training mode ``moving_mean`` and ``moving_variance`` (C,) are updated in
     place with the batch statistics; in eval mode they normalise and are not touched.
+    The M = N*H*W rows are processed in slices (one per CPU core; one on the GPU),
+    each pass a single sweep over its slice.
     """
     xp = get_array_module(x, gamma, beta, moving_mean, moving_variance)
     c = gamma.shape[0]
@@ -32,42 +45,59 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
     check_same_dtype(x, gamma, beta, what="batch norm")
     x2 = x.reshape(-1, c)
     m = x2.shape[0]
+    rows = _parallel.batch_slices(xp, m, c)
+    xc = xp.empty_like(x2)            # x - mu; xhat = xc * inv_std is never stored (one sweep saved)
     if training:
         if m < 2:
             raise ValueError(f"batch norm in training mode needs more than one value per channel, got input shape {x.shape}")
-        mean = x2.mean(axis=0)
-        xc = x2 - mean
-        var = xp.einsum("mc,mc->c", xc, xc) / m            # no (x - mu)^2 temporary
+        mean = _sum_parts(_parallel.run(lambda r: x2[r].sum(axis=0), rows)) / m
+
+        def center(r):                                   # xc = x - mu; partial sum of squares
+            xp.subtract(x2[r], mean, out=xc[r])
+            return xp.einsum("mc,mc->c", xc[r], xc[r])
+        var = _sum_parts(_parallel.run(center, rows)) / m   # biased, as Keras
         inv_std = 1.0 / xp.sqrt(var + eps)
-        xhat = xc
-        xhat *= inv_std                                       # in place: xc is ours
         moving_mean *= momentum
         moving_mean += (1.0 - momentum) * mean.astype(moving_mean.dtype, copy=False)
         moving_variance *= momentum
         moving_variance += (1.0 - momentum) * var.astype(moving_variance.dtype, copy=False)
     else:
         inv_std = (1.0 / xp.sqrt(moving_variance + eps)).astype(x.dtype, copy=False)
-        xhat = (x2 - moving_mean.astype(x.dtype, copy=False)) * inv_std
-    y = xhat * gamma
-    y += beta
-    return y.reshape(x.shape), (xhat, gamma, inv_std, training, x.shape)
+        mu = moving_mean.astype(x.dtype, copy=False)
+        _parallel.run(lambda r: xp.subtract(x2[r], mu, out=xc[r]), rows)
+    y = xp.empty_like(x2)
+    scale = gamma * inv_std
+
+    def normalise(r):                                    # y = gamma * xhat + beta = xc * (gamma / std) + beta
+        xp.multiply(xc[r], scale, out=y[r])
+        y[r] += beta
+    _parallel.run(normalise, rows)
+    return y.reshape(x.shape), (xc, gamma, inv_std, training, x.shape)
 
 
 def batchnorm_backward(dy, cache):
     """dy: (N, H, W, C) -> (dx: (N, H, W, C), dgamma: (C,), dbeta: (C,))."""
-    xhat, gamma, inv_std, training, x_shape = cache
+    xp = get_array_module(dy)
+    xc, gamma, inv_std, training, x_shape = cache
     c = gamma.shape[0]
     dy2 = dy.reshape(-1, c)
     m = dy2.shape[0]
-    dbeta = dy2.sum(axis=0)
-    xp = get_array_module(dy)
-    dgamma = xp.einsum("mc,mc->c", dy2, xhat)
+    rows = _parallel.batch_slices(xp, m, c)
+    dbeta, dy_xc = _sum_parts(_parallel.run(
+        lambda r: (dy2[r].sum(axis=0), xp.einsum("mc,mc->c", dy2[r], xc[r])), rows))
+    dgamma = dy_xc * inv_std                                   # sum(dy * xhat)
     scale = gamma * inv_std
+    dx = xp.empty_like(dy2)
     if training:
-        dx = xhat * (-dgamma / m)
-        dx += dy2
-        dx -= dbeta / m
-        dx *= scale
+        mean_dy, xc_coef = dbeta / m, dgamma * inv_std / m     # xhat * mean(dy * xhat) = xc * xc_coef
+
+        def piece(r):                      # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))
+            xp.multiply(xc[r], -xc_coef, out=dx[r])
+            dx[r] += dy2[r]
+            dx[r] -= mean_dy
+            dx[r] *= scale
     else:
-        dx = dy2 * scale
+        def piece(r):                      # the statistics are constants: dx = scale * dy
+            xp.multiply(dy2[r], scale, out=dx[r])
+    _parallel.run(piece, rows)
     return dx.reshape(x_shape), dgamma, dbeta

@@ -23,6 +23,7 @@ diagonal regular convolution); the tests check that identity.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 from .padding import conv_geometry, pad_nhwc, pair
 
@@ -46,7 +47,12 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
     pads, (oh, ow) = conv_geometry(h, w, (kh, kw), (sh, sw), padding)
     x_pad = pad_nhwc(x, pads)
     win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
-    y = xp.einsum("nhwcab,abc->nhwc", win, kernel[:, :, :, 0])
+    k = kernel[:, :, :, 0]
+    y = xp.empty((n, oh, ow, c), dtype=x.dtype)
+
+    def piece(b):                        # a slice of the batch (all of it on the GPU)
+        xp.einsum("nhwcab,abc->nhwc", win[b], k, out=y[b])
+    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * c * kh * kw))
     return y, (x_pad, kernel, pads, (sh, sw), x.shape)
 
 
@@ -57,7 +63,9 @@ def depthwise_conv2d_backward(dy, cache):
     kh, kw, c, _ = kernel.shape
     n, oh, ow, _ = dy.shape
     win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
-    dkernel = xp.einsum("nhwcab,nhwc->abc", win, dy)[..., None]
+    slices = _parallel.batch_slices(xp, n, oh * ow * c * kh * kw)
+    partial = _parallel.run(lambda b: xp.einsum("nhwcab,nhwc->abc", win[b], dy[b]), slices)
+    dkernel = sum(partial[1:], partial[0])[..., None]
 
     # dx_pad = full correlation of the dilated dy with the flipped kernel. The dilated,
     # (k-1)-padded dy has (Ho-1)*s + 2k - 1 rows; the result covers the first
@@ -66,8 +74,13 @@ def depthwise_conv2d_backward(dy, cache):
     dil = xp.zeros((n, (oh - 1) * sh + 2 * kh - 1, (ow - 1) * sw + 2 * kw - 1, c), dtype=dy.dtype)
     dil[:, kh - 1 : kh - 1 + (oh - 1) * sh + 1 : sh, kw - 1 : kw - 1 + (ow - 1) * sw + 1 : sw] = dy
     flipped = kernel[::-1, ::-1, :, 0]
-    covered = _windows(xp, dil, kh, kw, (oh - 1) * sh + kh, (ow - 1) * sw + kw, 1, 1)
-    dx_cov = xp.einsum("nhwcab,abc->nhwc", covered, flipped)          # (N, (Ho-1)s+k, (Wo-1)s+k, C)
+    hc, wc = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    covered = _windows(xp, dil, kh, kw, hc, wc, 1, 1)
+    dx_cov = xp.empty((n, hc, wc, c), dtype=dy.dtype)                  # (N, (Ho-1)s+k, (Wo-1)s+k, C)
+
+    def piece(b):
+        xp.einsum("nhwcab,abc->nhwc", covered[b], flipped, out=dx_cov[b])
+    _parallel.run(piece, slices)
     (t, _), (l, _) = pads
     h, w = x_shape[1], x_shape[2]
     if dx_cov.shape[1] == hp and dx_cov.shape[2] == wp and t == l == 0 and (h, w) == (hp, wp):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from . import _parallel
 from ._checks import check_nhwc
 from .padding import conv_geometry, pad_nhwc, pair, tap
 
@@ -28,18 +29,23 @@ def maxpool2d_forward(x, pool_size=3, stride=2, padding="same"):
     n, h, w, c = x.shape
     pads, (oh, ow) = conv_geometry(h, w, (kh, kw), (sh, sw), padding)
     x_pad = pad_nhwc(x, pads, value=-np.inf)
-    y = tap(x_pad, 0, 0, oh, ow, sh, sw).copy()
+    y = xp.empty((n, oh, ow, c), dtype=x.dtype)
     winner = xp.zeros(y.shape, dtype=xp.uint8)
-    better = xp.empty(y.shape, dtype=bool)
-    marked = xp.empty(y.shape, dtype=xp.uint8)
-    for t in range(1, kh * kw):
-        i, j = divmod(t, kw)
-        v = tap(x_pad, i, j, oh, ow, sh, sw)
-        xp.greater(v, y, out=better)          # strict: on ties the first maximum keeps the gradient
-        xp.maximum(y, v, out=y)
-        # taps come in increasing order, so "winner = t where better" is winner = max(winner, t * better)
-        xp.multiply(better, xp.uint8(t), out=marked)
-        xp.maximum(winner, marked, out=winner)
+
+    def piece(b):                                  # a slice of the batch (all of it on the GPU)
+        xb, yb, wb = x_pad[b], y[b], winner[b]
+        yb[...] = tap(xb, 0, 0, oh, ow, sh, sw)
+        better = xp.empty(yb.shape, dtype=bool)
+        marked = xp.empty(yb.shape, dtype=xp.uint8)
+        for t in range(1, kh * kw):
+            i, j = divmod(t, kw)
+            v = tap(xb, i, j, oh, ow, sh, sw)
+            xp.greater(v, yb, out=better)          # strict: on ties the first maximum keeps the gradient
+            xp.maximum(yb, v, out=yb)
+            # taps come in increasing order, so "winner = t where better" is winner = max(winner, t * better)
+            xp.multiply(better, xp.uint8(t), out=marked)
+            xp.maximum(wb, marked, out=wb)
+    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * c))
     return y, (winner, x_pad.shape, pads, (kh, kw), (sh, sw), x.shape)
 
 
@@ -49,13 +55,17 @@ def maxpool2d_backward(dy, cache):
     winner, padded_shape, pads, (kh, kw), (sh, sw), x_shape = cache
     oh, ow = dy.shape[1:3]
     dx_pad = xp.zeros(padded_shape, dtype=dy.dtype)
-    won = xp.empty(dy.shape, dtype=bool)
-    routed = xp.empty_like(dy)
-    for t in range(kh * kw):
-        i, j = divmod(t, kw)
-        xp.equal(winner, t, out=won)
-        xp.multiply(dy, won, out=routed)      # dy where tap t won, 0 elsewhere
-        tap(dx_pad, i, j, oh, ow, sh, sw)[...] += routed
+
+    def piece(b):
+        dxb, dyb, wb = dx_pad[b], dy[b], winner[b]
+        won = xp.empty(dyb.shape, dtype=bool)
+        routed = xp.empty_like(dyb)
+        for t in range(kh * kw):
+            i, j = divmod(t, kw)
+            xp.equal(wb, t, out=won)
+            xp.multiply(dyb, won, out=routed)      # dy where tap t won, 0 elsewhere
+            tap(dxb, i, j, oh, ow, sh, sw)[...] += routed
+    _parallel.run(piece, _parallel.batch_slices(xp, dy.shape[0], oh * ow * dy.shape[3]))
     (top, _), (left, _) = pads
     return xp.ascontiguousarray(dx_pad[:, top:top + x_shape[1], left:left + x_shape[2], :])
 

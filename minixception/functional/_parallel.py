@@ -1,0 +1,49 @@
+"""Split memory-bound NumPy work over the batch and run the pieces on all CPU cores.
+
+NumPy runs element-wise ufuncs and ``einsum`` on one core, while its BLAS (the GEMMs
+of pointwise and regular convolutions) already uses them all. The depthwise
+convolution, batch norm and max pool are element-wise work, so on a 2-core machine
+they would run at half the speed PyTorch gets. NumPy releases the GIL inside those
+loops, so plain Python threads, each on its own slice of the batch, do use every
+core. On CuPy there is one piece -- the whole batch -- and one kernel launch per op.
+
+Set ``MINIXCEPTION_THREADS=1`` to turn it off (results are identical either way:
+each output element is computed by exactly one thread in the same order; only
+the per-slice partial sums of reductions are added in a fixed order).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_pool = None
+MIN_ELEMENTS = 1 << 16      # below this, thread hand-off costs more than it saves
+
+
+def num_threads() -> int:
+    env = os.environ.get("MINIXCEPTION_THREADS")
+    if env:
+        return max(1, int(env))
+    return os.cpu_count() or 1
+
+
+def batch_slices(xp, n, elements_per_sample=None):
+    """Contiguous slices of range(n): one per thread on NumPy, a single one on CuPy."""
+    k = num_threads() if xp is np else 1
+    if elements_per_sample is not None and n * elements_per_sample < MIN_ELEMENTS:
+        k = 1
+    k = max(1, min(k, n))
+    bounds = [n * i // k for i in range(k + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def run(fn, slices):
+    """``[fn(s) for s in slices]``, in parallel threads when there is more than one slice."""
+    global _pool
+    if len(slices) == 1:
+        return [fn(slices[0])]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minixception")
+    return list(_pool.map(fn, slices))
