@@ -47,3 +47,17 @@ def run(fn, slices):
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minixception")
     return list(_pool.map(fn, slices))
+
+
+def batched_einsum(xp, subscripts, operands_for, n, out_shape, dtype, work_per_sample=None):
+    """``einsum(subscripts, *operands_for(slice(0, n)))`` for an output whose first axis is the batch.
+
+    ``operands_for(b)`` returns the operands restricted to batch slice ``b``. On NumPy
+    each slice's einsum writes straight into its rows of the output, in parallel; on
+    CuPy it is a single call (CuPy's einsum takes no ``out=``).
+    """
+    if xp is not np:
+        return xp.einsum(subscripts, *operands_for(slice(0, n)))
+    out = np.empty(out_shape, dtype=dtype)
+    run(lambda b: np.einsum(subscripts, *operands_for(b), out=out[b]), batch_slices(xp, n, work_per_sample))
+    return out

@@ -48,11 +48,8 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
     x_pad = pad_nhwc(x, pads)
     win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
     k = kernel[:, :, :, 0]
-    y = xp.empty((n, oh, ow, c), dtype=x.dtype)
-
-    def piece(b):                        # a slice of the batch (all of it on the GPU)
-        xp.einsum("nhwcab,abc->nhwc", win[b], k, out=y[b])
-    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * c * kh * kw))
+    y = _parallel.batched_einsum(xp, "nhwcab,abc->nhwc", lambda b: (win[b], k), n,
+                                 (n, oh, ow, c), x.dtype, oh * ow * c * kh * kw)
     return y, (x_pad, kernel, pads, (sh, sw), x.shape)
 
 
@@ -76,11 +73,8 @@ def depthwise_conv2d_backward(dy, cache):
     flipped = kernel[::-1, ::-1, :, 0]
     hc, wc = (oh - 1) * sh + kh, (ow - 1) * sw + kw
     covered = _windows(xp, dil, kh, kw, hc, wc, 1, 1)
-    dx_cov = xp.empty((n, hc, wc, c), dtype=dy.dtype)                  # (N, (Ho-1)s+k, (Wo-1)s+k, C)
-
-    def piece(b):
-        xp.einsum("nhwcab,abc->nhwc", covered[b], flipped, out=dx_cov[b])
-    _parallel.run(piece, slices)
+    dx_cov = _parallel.batched_einsum(xp, "nhwcab,abc->nhwc", lambda b: (covered[b], flipped), n,
+                                      (n, hc, wc, c), dy.dtype, hc * wc * c * kh * kw)   # (N, hc, wc, C)
     (t, _), (l, _) = pads
     h, w = x_shape[1], x_shape[2]
     if dx_cov.shape[1] == hp and dx_cov.shape[2] == wp and t == l == 0 and (h, w) == (hp, wp):
