@@ -252,8 +252,22 @@ def case_inputs(case, dtype="float64", seed=0):
 
 
 # ---------------------------------------------------------------- functional tests
+@pytest.fixture(params=["one-slice", "batch-slices"])
+def slicing(request, monkeypatch):
+    """Run a test twice: as is (these small tensors are one slice), and with the batch split
+    over threads (minixception.functional._parallel), so the multi-slice code paths of the
+    CPU-optimised ops -- and their partial-sum reductions -- are checked too."""
+    if request.param == "batch-slices":
+        _parallel = pytest.importorskip("minixception.functional._parallel")
+        monkeypatch.setenv("MINIXCEPTION_THREADS", "3")
+        if hasattr(_parallel, "MIN_ELEMENTS"):
+            monkeypatch.setattr(_parallel, "MIN_ELEMENTS", 0)
+        assert len(_parallel.batch_slices(np, 2, 1)) == 2, "the batch is no longer split: update this fixture"
+    return request.param
+
+
 @pytest.mark.parametrize("case", OP_CASES, ids=IDS)
-def test_gradcheck_op(case):
+def test_gradcheck_op(case, slicing):
     fwd, bwd, inputs = case.make(np.random.default_rng(0))
     errors = check_function(fwd, bwd, inputs, seed=1)
     assert len(errors) == len(inputs)
@@ -269,6 +283,20 @@ def test_op_keeps_dtype_and_never_writes_dy(case, dtype):
     for g, a in zip(grads, inputs):
         assert g.dtype == np.dtype(dtype), f"{case.name}: gradient dtype {g.dtype}"
         assert g.shape == a.shape
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=IDS)
+def test_batch_slices_match_one_slice(case, monkeypatch):
+    """The threaded CPU path gives the single-slice results (up to the order of partial sums)."""
+    inputs = case_inputs(case, "float64")
+    y1, g1, _ = run_case(case, inputs)
+    _parallel = pytest.importorskip("minixception.functional._parallel")
+    monkeypatch.setenv("MINIXCEPTION_THREADS", "3")
+    if hasattr(_parallel, "MIN_ELEMENTS"):
+        monkeypatch.setattr(_parallel, "MIN_ELEMENTS", 0)
+    y2, g2, _ = run_case(case, case_inputs(case, "float64"))
+    for a, b in zip([y2, *g2], [y1, *g1]):
+        assert rel_error(a, b) < 1e-13, case.name
 
 
 @pytest.mark.parametrize("case", [c for c in OP_CASES if c.f32], ids=[c.name for c in OP_CASES if c.f32])
@@ -451,7 +479,7 @@ def _randomise_bn(model, seed=1):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("block", ["entry", "middle"])
-def test_gradcheck_xception_block(block, training):
+def test_gradcheck_xception_block(block, training, slicing):
     if block == "entry":
         model, x = xception_entry_block(), np.random.default_rng(3).standard_normal((2, 6, 6, 4))
     else:
