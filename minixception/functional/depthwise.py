@@ -67,20 +67,20 @@ def depthwise_conv2d_backward(dy, cache):
     # dx_pad = full correlation of the dilated dy with the flipped kernel. The dilated,
     # (k-1)-padded dy has (Ho-1)*s + 2k - 1 rows; the result covers the first
     # (Ho-1)*s + k rows of the padded input, the rest (a stride remainder) got no window.
-    hp, wp = x_pad.shape[1], x_pad.shape[2]
     dil = xp.zeros((n, (oh - 1) * sh + 2 * kh - 1, (ow - 1) * sw + 2 * kw - 1, c), dtype=dy.dtype)
     dil[:, kh - 1 : kh - 1 + (oh - 1) * sh + 1 : sh, kw - 1 : kw - 1 + (ow - 1) * sw + 1 : sw] = dy
     flipped = kernel[::-1, ::-1, :, 0]
-    hc, wc = (oh - 1) * sh + kh, (ow - 1) * sw + kw
-    covered = _windows(xp, dil, kh, kw, hc, wc, 1, 1)
-    dx_cov = _parallel.batched_einsum(xp, "nhwcab,abc->nhwc", lambda b: (covered[b], flipped), n,
-                                      (n, hc, wc, c), dy.dtype, hc * wc * c * kh * kw)   # (N, hc, wc, C)
+    # Only the rows/columns of dx_pad that are real input (not padding) are computed:
+    # the windows start at the top/left padding offset.
     (t, _), (l, _) = pads
     h, w = x_shape[1], x_shape[2]
-    if dx_cov.shape[1] == hp and dx_cov.shape[2] == wp and t == l == 0 and (h, w) == (hp, wp):
-        return dx_cov, dkernel
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
-    rows = min(h, dx_cov.shape[1] - t)
-    cols = min(w, dx_cov.shape[2] - l)
-    dx[:, :rows, :cols] = dx_cov[:, t : t + rows, l : l + cols]
+    rows = min(h, (oh - 1) * sh + kh - t)         # beyond: a stride remainder no window touched
+    cols = min(w, (ow - 1) * sw + kw - l)
+    covered = _windows(xp, dil[:, t:, l:], kh, kw, rows, cols, 1, 1)
+    dx = _parallel.batched_einsum(xp, "nhwcab,abc->nhwc", lambda b: (covered[b], flipped), n,
+                                  (n, rows, cols, c), dy.dtype, rows * cols * c * kh * kw)
+    if (rows, cols) != (h, w):
+        full = xp.zeros(x_shape, dtype=dy.dtype)
+        full[:, :rows, :cols] = dx
+        dx = full
     return dx, dkernel
