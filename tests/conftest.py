@@ -3,10 +3,19 @@
 Tests marked ``@pytest.mark.gpu`` need CuPy *and* a usable CUDA GPU; they are
 skipped otherwise (``bench/gpu_check.sh`` runs them on a GPU machine).
 """
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 
 import minixception as mx
+
+# test modules share helpers (``from test_functional_gradcheck import OP_CASES``,
+# ``from cupy_standin import ...``): make tests/ importable under any --import-mode
+_TESTS = str(pathlib.Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 
 def pytest_configure(config):
@@ -19,7 +28,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if mx.backend.gpu_available():
         return
-    skip = pytest.mark.skip(reason="needs CuPy and a CUDA GPU (cupy.is_available() is False)")
+    skip = pytest.mark.skip(reason="needs CuPy and a usable CUDA GPU (minixception.backend.gpu_available() is False)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
