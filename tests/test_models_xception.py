@@ -144,7 +144,7 @@ def test_mini_xception_float64_and_determinism(rng):
 
 def test_whole_mini_model_gradcheck(rng):
     """Sampled central differences through the whole network (float64, tiny width)."""
-    m = mini_xception(num_classes=3, width=0.125, middle_blocks=1, rng=0, dtype="float64",
+    m = mini_xception(num_classes=3, width=0.25, middle_blocks=1, rng=0, dtype="float64",
                       input_shape=(16, 16, 3))
     # 16x16 keeps >= 8 values per channel in the last batch norms (with 2 the gradients vanish
     # to rounding noise and relative errors mean nothing)
