@@ -168,3 +168,20 @@ def test_bad_arguments():
     m = mini_xception(width=0.25, middle_blocks=0, rng=0)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         m(np.zeros((2, 3, 32, 32), dtype="float32"))
+
+
+@pytest.mark.gpu
+def test_mini_xception_on_gpu_matches_cpu(rng):
+    """The same model on CuPy: logits, input gradient and parameter gradients as on NumPy."""
+    cpu = mini_xception(width=0.5, middle_blocks=1, rng=0)
+    gpu = mini_xception(width=0.5, middle_blocks=1, rng=0).to("gpu")
+    x = rng.standard_normal((4, 32, 32, 3)).astype("float32")
+    y_cpu, y_gpu = cpu(x), gpu(mx.to_device(x, "gpu"))
+    np.testing.assert_allclose(mx.to_numpy(y_gpu), y_cpu, rtol=1e-3, atol=1e-4)
+    dy = rng.standard_normal(y_cpu.shape).astype("float32")
+    dx_cpu, dx_gpu = cpu.backward(dy), gpu.backward(mx.to_device(dy, "gpu"))
+    np.testing.assert_allclose(mx.to_numpy(dx_gpu), dx_cpu, rtol=1e-3, atol=1e-4)
+    for (k, p), (_, q) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        scale = max(1e-6, float(np.abs(p.grad).max()))
+        assert float(np.abs(mx.to_numpy(q.grad) - p.grad).max()) / scale < 1e-3, k
+    assert "Total params" in mx.summary(gpu, (32, 32, 3), file=__import__("io").StringIO())
