@@ -19,6 +19,7 @@ adds each tap's gradient back where that tap came from.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 from .padding import conv_geometry, pad_nhwc, pair, tap
 
@@ -30,9 +31,12 @@ def _im2col(xp_pad, kh, kw, oh, ow, sh, sw):
     if kh == kw == 1 and sh == sw == 1:
         return xp_pad.reshape(n, oh, ow, 1, 1, c)          # 1x1/1: the input already is the matrix
     cols = xp.empty((n, oh, ow, kh, kw, c), dtype=xp_pad.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = tap(xp_pad, i, j, oh, ow, sh, sw)
+
+    def piece(b):                                          # a slice of the batch (all of it on the GPU)
+        for i in range(kh):
+            for j in range(kw):
+                cols[b, :, :, i, j, :] = tap(xp_pad[b], i, j, oh, ow, sh, sw)
+    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * kh * kw * c))
     return cols
 
 
@@ -43,9 +47,12 @@ def _col2im(dcols, padded_shape, sh, sw):
     if kh == kw == 1 and sh == sw == 1:
         return dcols.reshape(padded_shape)
     dx_pad = xp.zeros(padded_shape, dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            tap(dx_pad, i, j, oh, ow, sh, sw)[...] += dcols[:, :, :, i, j, :]
+
+    def piece(b):
+        for i in range(kh):
+            for j in range(kw):
+                tap(dx_pad[b], i, j, oh, ow, sh, sw)[...] += dcols[b, :, :, i, j, :]
+    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * kh * kw * c))
     return dx_pad
 
 
