@@ -1,0 +1,285 @@
+# %% [markdown]
+r"""
+# Chapter 6 — The full Xception
+
+Xception is "a linear stack of depthwise separable convolution layers with residual
+connections" (the paper, section 3): 36 convolution layers in 14 modules, all but the first and
+the last module wrapped in a residual connection. This chapter builds it with
+`mx.models.Xception` — exactly Keras's `keras.applications.Xception`, layer names included —
+walks through its three flows, prints its summary, checks its parameter count against the
+paper's Table 3, and splits parameters and cost between the depthwise and pointwise halves.
+"""
+
+# %%
+import io
+import os
+from pathlib import Path
+
+import matplotlib.cbook as cbook
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minixception as mx
+from minixception import nn
+from minixception.models import keras_weights
+from minixception.summary import trace_shapes
+
+FAST = os.environ.get("MINIXCEPTION_FAST", "0") == "1"
+print("mode:", "fast" if FAST else "full")
+plt.rcParams.update({"figure.dpi": 72})
+
+# %% [markdown]
+r"""
+## 1. Three flows
+
+The paper's Figure 5, with the output shapes at a $299\times299\times3$ input:
+
+* **Entry flow.** The stem: a $3\times3$ stride-2 convolution (32, `"valid"`: $299\to149$) and a $3\times3$
+  convolution (64, $\to147$), each with batch norm and ReLU. Then three *downsampling* modules
+  (128, 256, 728 channels): [ReLU] separable conv → BN → ReLU → separable conv → BN →
+  $3\times3$ stride-2 max pool, added to a shortcut $1\times1$ stride-2 convolution + BN of the module's
+  input. $147 \to 74 \to 37 \to 19$.
+* **Middle flow.** Eight identical modules at $19\times19\times728$: three times (ReLU, separable conv
+  728, BN), added to the module's input (identity shortcut).
+* **Exit flow.** One more downsampling module (728 then 1024 channels, $19\to10$), two separable
+  convolutions (1536, 2048) each with BN and ReLU, global average pooling, and the classifier
+  (a dense layer to 1000 classes, the only layer with a bias).
+
+Each module is built from the pieces of the earlier chapters: `SeparableConv2D` (chapter 4),
+`BatchNorm2D` and `Residual` (chapter 5), `Conv2D` (chapter 1), `MaxPool2D`.
+"""
+
+# %%
+model = mx.models.Xception(rng=0)                  # random weights, Keras's architecture
+leaves = model.leaf_layers()                       # [(name, layer)] in forward order
+seps = [n for n, l in leaves if isinstance(l, nn.SeparableConv2D)]
+convs = [n for n, l in leaves if isinstance(l, nn.Conv2D)]
+stem = [n for n in convs if "shortcut" not in n]
+shortcuts = [n for n in convs if "shortcut" in n]
+print(f"{len(stem)} stem convolutions + {len(seps)} separable convolutions = {len(stem) + len(seps)} conv layers")
+print("shortcut 1x1 convolutions:", shortcuts)
+print("modules (blocks):", sorted({int(n.split("_")[0][5:]) for n in seps + stem}))
+assert len(stem) + len(seps) == 36 and len(shortcuts) == 4
+assert len({n.split("_")[0] for n in seps + stem}) == 14
+residuals = [m for m in model.modules() if isinstance(m, nn.Residual)]
+assert len(residuals) == 12                        # every module but the first (stem) and the last (block 14)
+
+# %% [markdown]
+r"""
+## 2. The summary table
+
+`mx.summary` runs one image through the model (evaluation mode, no caches kept) to learn every
+layer's output shape, and counts parameters and multiply-adds per layer, like Keras's
+`model.summary()`. The first column holds Keras's layer names, so this table lines up with
+Keras's own, with the paper's Figure 5 and with the keys of the state dict
+(`"block5_sepconv2/pointwise_kernel"`, …).
+"""
+
+# %%
+table = mx.summary(model, (299, 299, 3))
+
+# %%
+trainable = mx.count_params(model)
+with_buffers = mx.count_params(model, include_buffers=True)
+notop = mx.count_params(mx.models.Xception(include_top=False, rng=0), include_buffers=True)
+print(f"trainable parameters:               {trainable:>12,}")
+print(f"with BN moving statistics (Keras):  {with_buffers:>12,}")
+print(f"include_top=False (Keras):          {notop:>12,}")
+assert trainable == 22_855_952                     # exactly the paper's Table 3
+assert with_buffers == 22_910_480 and notop == 20_861_480
+assert "Trainable params: 22,855,952" in table
+
+# %% [markdown]
+r"""
+The paper (Table 3) compares it with Inception V3 at the same size, and (Table 1) on ImageNet:
+
+| | parameters | training steps/s (60 K80 GPUs) | top-1 | top-5 |
+|---|---:|---:|---:|---:|
+| Inception V3 | 23,626,728 | 31 | 0.782 | 0.941 |
+| Xception | 22,855,952 | 28 | 0.790 | 0.945 |
+
+Slightly *fewer* parameters and slightly better accuracy: the gain is not capacity but a more
+efficient use of the parameters. (And slightly slower per step, chapters 4 and 9.)
+"""
+
+# %%
+inception_v3 = 23_626_728
+fig, ax = plt.subplots(figsize=(6, 3.3))
+ax.barh(["Inception V3\n(paper, Table 3)", "Xception\n(mx.models.Xception)"], [inception_v3 / 1e6, trainable / 1e6],
+        color=["tab:gray", "tab:blue"])
+for i, v in enumerate([inception_v3, trainable]):
+    ax.text(v / 1e6 - 0.3, i, f"{v:,}", va="center", ha="right", color="w")
+ax.set_xlabel("trainable parameters (millions)"); ax.set_title("the same budget, differently spent")
+plt.tight_layout(); plt.show()
+assert trainable < inception_v3 and (inception_v3 - trainable) / inception_v3 < 0.04
+
+# %% [markdown]
+r"""
+## 3. Where the parameters and the multiply-adds are
+
+The footer of the summary splits the model by kind of layer. Chapter 4 predicted the answer: a
+separable convolution from $C$ to $F$ channels holds $9C$ depthwise and $CF$ pointwise weights, so
+for $F$ in the hundreds nearly everything is pointwise. Per module:
+"""
+
+# %%
+records, out_shape = trace_shapes(model, (299, 299, 3))
+kinds = ("depthwise", "pointwise", "regular conv", "dense")
+per_block = {}
+for name, layer, sin, sout in records:
+    block = name.split("_")[0] if name.startswith("block") else "head"
+    hw = sout[1] * sout[2] if len(sout) == 4 else 1
+    acc = per_block.setdefault(block, {k: [0, 0] for k in kinds})
+    if isinstance(layer, nn.SeparableConv2D):
+        c, f = layer.in_channels, layer.out_channels
+        acc["depthwise"][0] += 9 * c; acc["depthwise"][1] += hw * 9 * c
+        acc["pointwise"][0] += c * f; acc["pointwise"][1] += hw * c * f
+    elif isinstance(layer, nn.Conv2D):
+        n = layer.kernel.size
+        acc["regular conv"][0] += n; acc["regular conv"][1] += hw * n
+    elif isinstance(layer, nn.Dense):
+        n = layer.kernel.size
+        acc["dense"][0] += n + layer.bias.size; acc["dense"][1] += n
+
+blocks = list(per_block)
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+for ax, idx, label in [(axes[0], 0, "parameters (millions)"), (axes[1], 1, "multiply-adds per image (G)")]:
+    bottom = np.zeros(len(blocks))
+    scale = 1e6 if idx == 0 else 1e9
+    for k in kinds:
+        vals = np.array([per_block[b][k][idx] for b in blocks]) / scale
+        ax.bar(blocks, vals, bottom=bottom, label=k)
+        bottom += vals
+    ax.set_ylabel(label); ax.set_xlabel("module"); ax.tick_params(axis="x", rotation=60); ax.margins(y=0.08)
+axes[0].legend(); axes[0].set_title("parameters per module"); axes[1].set_title("cost per module at 299x299")
+plt.tight_layout(); plt.show()
+
+tot = {k: [sum(per_block[b][k][i] for b in blocks) for i in (0, 1)] for k in kinds}
+all_p, all_m = sum(v[0] for v in tot.values()), sum(v[1] for v in tot.values())
+for k, (p, m) in tot.items():
+    print(f"{k:13s} {p:>11,} weights ({100 * p / all_p:5.1f}%)   {m / 1e9:6.3f} G multiply-adds ({100 * m / all_m:5.1f}%)")
+assert tot["pointwise"][0] > 20 * tot["depthwise"][0] and tot["pointwise"][1] > 20 * tot["depthwise"][1]
+assert all_p + 2 * sum(l.channels for _, l in leaves if isinstance(l, nn.BatchNorm2D)) == trainable
+
+# %% [markdown]
+r"""
+The depthwise convolutions hold under 1% of the weights and do under 2% of the multiply-adds
+(about 8.4 G in all per $299\times299$ image); the $1\times1$ pointwise convolutions hold 85% and do
+over 90%. Xception's spatial filtering is almost free — and, as chapter 4 measured, the
+depthwise half is nonetheless a large share of the *time*, because it is memory-bound.
+
+## 4. Feature-map shapes through the network
+
+The spatial size halves at the stem's stride-2 convolution and at each of the four max pools,
+while the width grows from 32 to 2048:
+"""
+
+# %%
+names = [r[0] for r in records if len(r[3]) == 4]
+hs = [r[3][1] for r in records if len(r[3]) == 4]
+cs = [r[3][3] for r in records if len(r[3]) == 4]
+fig, ax1 = plt.subplots(figsize=(13, 4))
+ax1.step(range(len(hs)), hs, where="post", color="tab:blue", label="height = width")
+ax1.set_ylabel("feature-map height = width (pixels)", color="tab:blue"); ax1.set_yscale("log")
+ax2 = ax1.twinx()
+ax2.step(range(len(cs)), cs, where="post", color="tab:orange", label="channels")
+ax2.set_ylabel("channels", color="tab:orange"); ax2.set_yscale("log")
+ticks = [i for i, n in enumerate(names) if n.endswith(("conv1", "sepconv1"))]
+ax1.set_xticks(ticks); ax1.set_xticklabels([names[i].split("_")[0] for i in ticks], rotation=60)
+ax1.set_xlabel("layer (ticks: first convolution of each module)")
+ax1.set_title("Xception at 299x299x3: spatial size and width, layer by layer"); plt.tight_layout(); plt.show()
+
+shape_of = {r[0]: r[3] for r in records}
+for name in ("block1_conv1", "block1_conv2", "block2_pool", "block3_pool", "block4_pool", "block12_sepconv3_bn",
+             "block13_pool", "block14_sepconv2_act", "predictions"):
+    print(f"{name:22s} {shape_of[name]}")
+assert shape_of["block1_conv1"] == (1, 149, 149, 32) and shape_of["block1_conv2"] == (1, 147, 147, 64)
+assert [shape_of[f"block{b}_pool"][1] for b in (2, 3, 4, 13)] == [74, 37, 19, 10]
+assert shape_of["block14_sepconv2_act"] == (1, 10, 10, 2048) and out_shape == (1, 1000)
+
+# %% [markdown]
+r"""
+## 5. Classifying a photograph with Keras's ImageNet weights
+
+`mx.models.Xception(weights="imagenet")` loads Keras's pretrained weight file into our NumPy
+model — matched layer by layer in Keras's order, every shape checked — and then the whole
+forward pass runs in pure NumPy. The file (88 MB) is downloaded once and cached; this cell uses
+it only if it is already cached (ours, or Keras's `~/.keras/models`) or can be downloaded. On a
+machine without network access it says so and moves on.
+
+Preprocessing is Keras's: the RGB image resized to $299\times299$ and scaled to $[-1, 1]$ by $x/127.5 - 1$.
+"""
+
+# %%
+with cbook.get_sample_data("grace_hopper.jpg") as f:
+    photo = plt.imread(f)                                       # (600, 512, 3) uint8
+from PIL import Image                                           # installed with matplotlib
+side = min(photo.shape[:2])
+top = (photo.shape[0] - side) // 2
+square = photo[top:top + side, :side]                            # centre crop to a square
+x299 = np.asarray(Image.fromarray(square).resize((299, 299), Image.BILINEAR))
+x_in = keras_weights.preprocess_input(x299[None])                # (1, 299, 299, 3) float32 in [-1, 1]
+assert x_in.shape == (1, 299, 299, 3) and x_in.min() >= -1 and x_in.max() <= 1
+
+
+def find_weights():
+    """A path to the ImageNet weight file, or None with the reason printed."""
+    keras_copy = Path.home() / ".keras" / "models" / keras_weights.FILENAMES[True]
+    if keras_copy.exists():
+        return keras_copy
+    try:
+        return keras_weights.get_imagenet_weights(include_top=True)   # cached, or downloaded now
+    except Exception as e:                                        # offline, or a bad checksum
+        print("ImageNet weights unavailable, skipping the classification:")
+        print("   ", str(e).split(". ")[0] + ".")
+        return None
+
+
+def classify(model, x):
+    """Top-5 ImageNet classes of one preprocessed image, in eval mode without caches."""
+    model.eval()
+    with nn.inference_mode():
+        logits = model(x)
+    return keras_weights.decode_predictions(logits, top=5)[0]
+
+
+weights_path = find_weights()
+if weights_path is not None:
+    pretrained = mx.models.Xception()
+    keras_weights.load_keras_weights(pretrained, weights_path)
+    top5 = classify(pretrained, x_in)
+    for wnid, label, p in top5:
+        print(f"{label:25s} {p:6.1%}")
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.4]})
+    a0.imshow(x299); a0.set_xlabel("column (pixels)"); a0.set_ylabel("row (pixels)"); a0.set_title("input, 299x299")
+    a1.barh([t[1] for t in top5][::-1], [t[2] for t in top5][::-1]); a1.set_xlabel("probability")
+    a1.set_title("Xception (Keras's ImageNet weights), NumPy forward pass"); plt.tight_layout(); plt.show()
+else:
+    # the same code path with the random weights: it runs, but its guesses mean nothing
+    top5 = classify(model, x_in)
+    print("with random weights the top-5 is noise:", [t[1] for t in top5])
+assert len(top5) == 5 and all(0 <= t[2] <= 1 for t in top5)
+
+# %% [markdown]
+r"""
+## Summary
+
+* `mx.models.Xception` is Keras's Xception: 36 convolution layers in 14 modules (12 with
+  residual connections), 4 shortcut $1\times1$ convolutions, 22,855,952 trainable parameters —
+  the paper's Table 3 figure exactly, 3% fewer than Inception V3's 23,626,728.
+* About 85% of the weights and 90% of the multiply-adds are in the pointwise convolutions; the
+  depthwise ones are under 1% and 2%.
+* Spatial size $299 \to 149 \to 147 \to 74 \to 37 \to 19 \to 10 \to 1$, width $3 \to 2048$.
+
+## Exercises
+
+1. Count the parameters of the middle flow alone and compare them with the entry and exit flows.
+   How many middle-flow modules could you add before the model has Inception V3's size?
+   (`mx.models.Xception(middle_blocks=...)`.)
+2. Keras refuses inputs smaller than $71\times71$. Using chapter 1's arithmetic (only the stem's
+   `"valid"` convolutions can fail; the pools use `"same"`), find the smallest input *our* model
+   accepts and the shape of its last feature map at $71\times71$. Check with `mx.summary`.
+3. Replace every separable convolution by a regular $3\times3$ convolution with the same input and
+   output widths. How many parameters and multiply-adds would the model have? (Use the per-module
+   table above and chapter 4's ratio $1/F + 1/9$.)
+"""
