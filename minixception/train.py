@@ -86,12 +86,13 @@ def read_metrics(path):
 
 def plot_curves(path, history, title=None):
     """Loss and accuracy per epoch (train and test) -> a PNG at ``path`` (matplotlib, Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure (Agg canvas), not pyplot: switching the global backend to Agg here would
+    # silently stop every later plt.show() in the caller's notebook
+    from matplotlib.figure import Figure
 
     ep = [r["epoch"] for r in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
     a1.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
     a1.set_xlabel("epoch"); a1.set_ylabel("loss"); a1.set_title("cross-entropy loss"); a1.legend()
@@ -104,7 +105,6 @@ def plot_curves(path, history, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 class _SigintGuard:
