@@ -127,11 +127,11 @@ def op_cases(n, rng):
     return cases
 
 
-def xception_style(num_classes=10, rng=0):
+def xception_style(num_classes=10, rng=0, width=2.0):
     """The benchmark network: mini_xception when the models package has it, else a local one."""
     try:
         from minixception.models import mini_xception
-        return mini_xception(num_classes=num_classes, rng=rng), "mx.models.mini_xception()"
+        return mini_xception(num_classes=num_classes, width=width, rng=rng), f"mx.models.mini_xception(width={width:g})"
     except ImportError:
         pass
     nn = mx.nn
@@ -157,9 +157,9 @@ def xception_style(num_classes=10, rng=0):
     return model, "local Xception-style network (stem, 2 entry blocks, 2 middle blocks, exit)"
 
 
-def train_step_ratio(batch, repeat):
+def train_step_ratio(batch, repeat, width):
     from torch_mirror import mirror_model
-    model, what = xception_style()
+    model, what = xception_style(width=width)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 10, batch)
@@ -197,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--ops-only", action="store_true")
     ap.add_argument("--step-only", action="store_true")
+    ap.add_argument("--width", type=float, default=2.0,
+                    help="width multiplier of the mini Xception for the training step (1: the CPU default model)")
     ap.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: all cores); set OPENBLAS_NUM_THREADS too")
     ap.add_argument("--cpu-time", action="store_true",
                     help="measure process CPU time instead of wall time (steadier on a busy machine; "
@@ -215,7 +217,7 @@ def main(argv=None):
             print(f"{name:32s} {a * 1e3:10.2f} ms {b * 1e3:7.2f} ms {a / b:6.2f}x")
         print()
     if not args.ops_only:
-        what, n_params, diff, a, b = train_step_ratio(args.batch, args.repeat)
+        what, n_params, diff, a, b = train_step_ratio(args.batch, args.repeat, args.width)
         print(f"training step: {what}, {n_params:,} parameters, 32x32, batch {args.batch}")
         print(f"  max |logit difference| minixception vs PyTorch mirror (eval): {diff:.2e}")
         print(f"  minixception {a * 1e3:.1f} ms   PyTorch {b * 1e3:.1f} ms   ratio {a / b:.2f}x")
