@@ -39,18 +39,6 @@ def batch_slices(xp, n, elements_per_sample=None):
     return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-CACHE_BYTES = 1 << 20       # ~1 MiB: a slice and its temporary stay in a core's L2 (2 MiB here); smaller slices cost more in hand-offs
-
-
-def cache_slices(xp, n, bytes_per_item):
-    """Small, cache-sized slices of range(n) for NumPy (the pool spreads them over the
-    cores; temporaries made per slice never leave the cache); one slice on CuPy."""
-    if xp is not np:
-        return [slice(0, n)]
-    step = max(1, CACHE_BYTES // max(1, int(bytes_per_item)))
-    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
-
-
 def run(fn, slices):
     """``[fn(s) for s in slices]``, in parallel threads when there is more than one slice."""
     global _pool

@@ -36,10 +36,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
 
     In training mode ``moving_mean`` and ``moving_variance`` (C,) are updated in
     place with the batch statistics; in eval mode they normalise and are not touched.
-
-    Speed: the M = N*H*W rows go through in cache-sized slices (spread over the CPU
-    cores; one slice on the GPU). ``x - mu`` is recomputed per slice where needed
-    instead of being stored, so each pass reads x once from memory.
+    The M = N*H*W rows are processed in slices (one per CPU core; one on the GPU),
+    each pass a single sweep over its slice.
     """
     xp = get_array_module(x, gamma, beta, moving_mean, moving_variance)
     c = gamma.shape[0]
@@ -47,16 +45,17 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
     check_same_dtype(x, gamma, beta, what="batch norm")
     x2 = x.reshape(-1, c)
     m = x2.shape[0]
-    rows = _parallel.cache_slices(xp, m, c * x.dtype.itemsize)
+    rows = _parallel.batch_slices(xp, m, c)
+    xc = xp.empty_like(x2)            # x - mu; xhat = xc * inv_std is never stored (one sweep saved)
     if training:
         if m < 2:
             raise ValueError(f"batch norm in training mode needs more than one value per channel, got input shape {x.shape}")
         mean = _sum_parts(_parallel.run(lambda r: x2[r].sum(axis=0), rows)) / m
 
-        def squares(r):                                  # partial sum of (x - mu)^2 (two passes: exact)
-            xc = x2[r] - mean
-            return xp.einsum("mc,mc->c", xc, xc)
-        var = _sum_parts(_parallel.run(squares, rows)) / m   # biased, as Keras
+        def center(r):                                   # xc = x - mu; partial sum of squares
+            xp.subtract(x2[r], mean, out=xc[r])
+            return xp.einsum("mc,mc->c", xc[r], xc[r])
+        var = _sum_parts(_parallel.run(center, rows)) / m   # biased, as Keras
         inv_std = 1.0 / xp.sqrt(var + eps)
         moving_mean *= momentum
         moving_mean += (1.0 - momentum) * mean.astype(moving_mean.dtype, copy=False)
@@ -64,41 +63,39 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
         moving_variance += (1.0 - momentum) * var.astype(moving_variance.dtype, copy=False)
     else:
         inv_std = (1.0 / xp.sqrt(moving_variance + eps)).astype(x.dtype, copy=False)
-        mean = moving_mean.astype(x.dtype, copy=False)
+        mu = moving_mean.astype(x.dtype, copy=False)
+        _parallel.run(lambda r: xp.subtract(x2[r], mu, out=xc[r]), rows)
     y = xp.empty_like(x2)
     scale = gamma * inv_std
 
-    def normalise(r):                                    # y = gamma * xhat + beta = (x - mu) * (gamma / std) + beta
-        xp.subtract(x2[r], mean, out=y[r])
-        y[r] *= scale
+    def normalise(r):                                    # y = gamma * xhat + beta = xc * (gamma / std) + beta
+        xp.multiply(xc[r], scale, out=y[r])
         y[r] += beta
     _parallel.run(normalise, rows)
-    return y.reshape(x.shape), (x2, mean, gamma, inv_std, training, x.shape)
+    return y.reshape(x.shape), (xc, gamma, inv_std, training, x.shape)
 
 
 def batchnorm_backward(dy, cache):
     """dy: (N, H, W, C) -> (dx: (N, H, W, C), dgamma: (C,), dbeta: (C,))."""
     xp = get_array_module(dy)
-    x2, mean, gamma, inv_std, training, x_shape = cache
+    xc, gamma, inv_std, training, x_shape = cache
     c = gamma.shape[0]
     dy2 = dy.reshape(-1, c)
     m = dy2.shape[0]
-    rows = _parallel.cache_slices(xp, m, c * dy.dtype.itemsize)
+    rows = _parallel.batch_slices(xp, m, c)
     dbeta, dy_xc = _sum_parts(_parallel.run(
-        lambda r: (dy2[r].sum(axis=0), xp.einsum("mc,mc->c", dy2[r], x2[r] - mean)), rows))
+        lambda r: (dy2[r].sum(axis=0), xp.einsum("mc,mc->c", dy2[r], xc[r])), rows))
     dgamma = dy_xc * inv_std                                   # sum(dy * xhat)
     scale = gamma * inv_std
     dx = xp.empty_like(dy2)
     if training:
-        mean_dy, xc_coef = dbeta / m, dgamma * inv_std / m     # xhat * mean(dy * xhat) = (x - mu) * xc_coef
+        mean_dy, xc_coef = dbeta / m, dgamma * inv_std / m     # xhat * mean(dy * xhat) = xc * xc_coef
 
         def piece(r):                      # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))
-            d = dx[r]
-            xp.subtract(x2[r], mean, out=d)
-            d *= -xc_coef
-            d += dy2[r]
-            d -= mean_dy
-            d *= scale
+            xp.multiply(xc[r], -xc_coef, out=dx[r])
+            dx[r] += dy2[r]
+            dx[r] -= mean_dy
+            dx[r] *= scale
     else:
         def piece(r):                      # the statistics are constants: dx = scale * dy
             xp.multiply(dy2[r], scale, out=dx[r])
