@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+DISTRACTOR_P = 0.5     # share of images crossed by a distractor line
 SHAPES_CLASSES = ("disk", "square", "triangle", "ring", "plus", "x_cross",
                   "h_stripes", "v_stripes", "checker", "d_stripes")
 
@@ -107,7 +108,7 @@ def make_shapes(n, seed=0, size=32):
     la = u(0, np.pi)
     lo = u(-0.4, 0.4) * s
     dist = np.abs((gx - s / 2) * np.sin(la) - (gy - s / 2) * np.cos(la) - lo)
-    line = dist <= u(0.5, 1.0)
+    line = (dist <= u(0.5, 1.0)) & (u(0, 1) < DISTRACTOR_P)
     img = np.where(line[..., None], rng.uniform(0, 1, size=(n, 1, 1, 3)), img)
 
     img += rng.normal(0.0, 0.06, size=img.shape)

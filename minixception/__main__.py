@@ -1,0 +1,6 @@
+"""``python -m minixception {train,summary,ablate} ...``"""
+import sys
+
+from .cli import main
+
+sys.exit(main())

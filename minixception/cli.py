@@ -1,0 +1,181 @@
+"""Command line: ``python -m minixception {train,summary,ablate}`` (also the ``minixception`` script).
+
+    python -m minixception train                      # mini Xception on the built-in shapes data, CPU
+    python -m minixception train --data cifar10 --device gpu --epochs 30 --out runs/c10
+    python -m minixception train --resume runs/c10/checkpoint.npz --epochs 40
+    python -m minixception summary --model xception
+    python -m minixception ablate --out runs/ablation
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+# The defaults of a bare `train`: a few minutes on a 2-core CPU (see the report in issue 4).
+DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
+                weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
+                out="runs/train", width=1.0, middle_blocks=2, residual=True, intermediate="none",
+                dropout=0.0, augment=True)
+
+# settings that define the run (stored in checkpoints; a resume takes them from there)
+RUN_KEYS = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "subset",
+            "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment")
+
+
+def _add_model_args(p, ablation=True):
+    p.add_argument("--model", choices=["mini", "xception"], default=DEFAULTS["model"],
+                   help="mini: the small Xception for 32x32 (default); xception: the full 36-layer "
+                        "Xception (22.9M parameters at ImageNet size; slow on a CPU)")
+    p.add_argument("--width", type=float, default=DEFAULTS["width"],
+                   help="channel multiplier of the mini model (default %(default)s)")
+    p.add_argument("--middle-blocks", type=int, default=DEFAULTS["middle_blocks"],
+                   help="identity middle-flow blocks of the mini model (default %(default)s; Xception: 8)")
+    if ablation:
+        p.add_argument("--no-residual", dest="residual", action="store_false",
+                       help="drop every residual connection (the paper's Figure 9 ablation)")
+        p.add_argument("--intermediate", choices=["none", "relu", "elu"], default=DEFAULTS["intermediate"],
+                       help="activation between depthwise and pointwise conv (Figure 10; default none)")
+        p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"],
+                       help="dropout rate before the classifier (the paper: 0.5 on ImageNet; default %(default)s)")
+
+
+def _add_train_args(p):
+    p.add_argument("--data", choices=["shapes", "cifar10"], default=DEFAULTS["data"],
+                   help="shapes: built-in generated dataset, no download (default); cifar10: the official "
+                        "binary archive, downloaded once into $MINIXCEPTION_CACHE (default ~/.cache/minixception)")
+    _add_model_args(p)
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs in total (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default %(default)s")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="SGD momentum (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
+                   help="L2 on kernels, added to the gradient (default %(default)s)")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine"], default=DEFAULTS["schedule"],
+                   help="learning-rate schedule: constant; step = x0.94 every 2 epochs (the paper's); "
+                        "cosine to 0 over --epochs (default)")
+    p.add_argument("--subset", type=int, default=DEFAULTS["subset"],
+                   help="train on the first N training images (test: N/5, at least 200); 0 = all "
+                        "(shapes: 10000/2000, cifar10: 50000/10000). Default %(default)s")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random crop (4-pixel padding) / horizontal flip")
+    p.add_argument("--device", choices=["cpu", "gpu"], default=DEFAULTS["device"],
+                   help="cpu: NumPy; gpu: CuPy, data included (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="seeds the weights, the data order and augmentation, and the shapes data")
+    p.add_argument("--out", default=DEFAULTS["out"],
+                   help="run folder: metrics.csv, curves.png, checkpoint.npz (default %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="minixception", description="Train and inspect Xception built by hand on NumPy / CuPy.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,summary,ablate}")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model; writes OUT/metrics.csv, OUT/curves.png, OUT/checkpoint.npz",
+                       description="Train with SGD (momentum, L2, LR schedule); evaluate every epoch; "
+                                   "Ctrl-C saves a checkpoint that --resume continues exactly.")
+    _add_train_args(p)
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue the run saved in CHECKPOINT (its settings are used; --epochs, --out, "
+                        "--device and --no-progress come from this command line)")
+
+    p = sub.add_parser("summary", help="print the per-layer table (output shape, parameters, FLOPs)")
+    _add_model_args(p, ablation=False)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square input size (default: 299 for xception, 32 for mini)")
+    p.add_argument("--classes", type=int, default=None, help="default: 1000 for xception, 10 for mini")
+
+    p = sub.add_parser("ablate", help="the paper's ablations in miniature: residual on/off, intermediate "
+                                      "activation none/relu/elu; writes OUT/ablation.png and OUT/ablation.csv",
+                       description="Train the mini model five times on the same data and seed: residual "
+                                   "with intermediate none / relu / elu, and without residual (none); plot "
+                                   "the curves side by side (the paper's Figures 9 and 10).")
+    from .ablate import add_ablate_args
+    add_ablate_args(p)
+    return parser
+
+
+def settings_from_args(args):
+    s = {k: getattr(args, k) for k in RUN_KEYS}
+    if s["subset"] == 0:
+        s["subset"] = None
+    return s
+
+
+def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
+    """The model a run's settings describe (weights seeded by ``settings["seed"]``)."""
+    from . import models           # lazily: the CLI's --help works without building anything
+    inter = None if settings.get("intermediate", "none") == "none" else settings["intermediate"]
+    common = dict(residual=settings.get("residual", True), intermediate=inter,
+                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0))
+    if settings["model"] == "mini":
+        return models.mini_xception(num_classes, width=settings.get("width", 1.0),
+                                    middle_blocks=settings.get("middle_blocks", 2), **common)
+    if settings["model"] == "xception":
+        return models.Xception(num_classes=num_classes, input_shape=input_shape, **common)
+    raise ValueError(f"unknown model {settings['model']!r}: expected 'mini' or 'xception'")
+
+
+def run_training(settings, out, epochs, device="cpu", resume=None, progress=True, **fit_kw):
+    """Load the data, build the model, train -> history. Used by ``train`` and ``ablate``."""
+    from .data import load_dataset
+    from .train import fit
+    data = load_dataset(settings["data"], settings.get("subset"), seed=settings["seed"])
+    model = build_model(settings, num_classes=len(data["classes"]), input_shape=data["x_train"].shape[1:])
+    return fit(model, data, out, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
+               momentum=settings["momentum"], weight_decay=settings["weight_decay"],
+               schedule=settings["schedule"], device=device, seed=settings["seed"],
+               augment=settings.get("augment", True), resume=resume, settings=settings,
+               progress=progress, **fit_kw)
+
+
+def cmd_train(args):
+    if args.resume:
+        from .checkpoint import read_meta
+        settings = read_meta(args.resume).get("settings")
+        if not settings:
+            raise SystemExit(f"{args.resume}: the checkpoint holds no run settings; cannot rebuild its model")
+        print(f"resuming {args.resume} with its settings: {json.dumps(settings)}", flush=True)
+    else:
+        settings = settings_from_args(args)
+    t0 = time.perf_counter()
+    try:
+        history = run_training(settings, args.out, args.epochs, device=args.device, resume=args.resume,
+                               progress=args.progress)
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc}" if str(exc) else "\ninterrupted", file=sys.stderr)
+        return 130
+    if history:
+        last = history[-1]
+        print(f"done in {time.perf_counter() - t0:.1f} s: test accuracy {last['test_acc']:.3f} "
+              f"(chance {1 / 10:.2f}); metrics in {args.out}/metrics.csv, curves in {args.out}/curves.png, "
+              f"checkpoint {args.out}/checkpoint.npz")
+    return 0
+
+
+def cmd_summary(args):
+    import minixception as mx
+    size = args.input_size or (299 if args.model == "xception" else 32)
+    classes = args.classes or (1000 if args.model == "xception" else 10)
+    settings = dict(model=args.model, width=args.width, middle_blocks=args.middle_blocks, seed=0)
+    model = build_model(settings, num_classes=classes, input_shape=(size, size, 3))
+    mx.summary(model, (size, size, 3))          # prints the table
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return cmd_train(args)
+    if args.command == "summary":
+        return cmd_summary(args)
+    from .ablate import cmd_ablate
+    return cmd_ablate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
