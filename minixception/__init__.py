@@ -10,8 +10,12 @@ from .backend import get_array_module, gpu_available, to_device, to_numpy
 from . import models
 from .summary import count_params, summary
 
+from . import data
+from .checkpoint import load_checkpoint, save_checkpoint
+
 __version__ = "0.1.0"
 
 __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
            "gpu_available", "to_device", "to_numpy", "__version__"]
+__all__ += ["data", "save_checkpoint", "load_checkpoint"]
 __all__ += ["models", "count_params", "summary"]
