@@ -46,6 +46,7 @@ def add_ablate_args(p):
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="default %(default)s")
     p.add_argument("--schedule", choices=["constant", "step", "cosine"], default=DEFAULTS["schedule"],
                    help="default %(default)s")
+    p.add_argument("--bn-momentum", type=float, default=DEFAULTS["bn_momentum"], help="default %(default)s")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="default %(default)s")
     p.add_argument("--seed", type=int, default=0, help="one seed for every run (default %(default)s)")
     p.add_argument("--variants", default=",".join(v[0] for v in VARIANTS),
@@ -71,7 +72,7 @@ def run_ablation(args):
                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                         subset=args.subset or None, seed=args.seed, width=args.width,
                         middle_blocks=args.middle_blocks, residual=residual, intermediate=inter,
-                        dropout=0.0, augment=True, title=f"ablation: {name}")
+                        dropout=0.0, augment=True, bn_momentum=args.bn_momentum, title=f"ablation: {name}")
         print(f"== {name}: residual={residual}, intermediate={inter}", flush=True)
         results[name] = run_training(settings, out / name, args.epochs, device=args.device,
                                      progress=args.progress)

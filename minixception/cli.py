@@ -17,11 +17,12 @@ import time
 DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
                 out="runs/train", width=1.0, middle_blocks=2, residual=True, intermediate="none",
-                dropout=0.0, augment=True)
+                dropout=0.0, augment=True, bn_momentum=0.9)
 
 # settings that define the run (stored in checkpoints; a resume takes them from there)
 RUN_KEYS = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "subset",
-            "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment")
+            "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment",
+            "bn_momentum")
 
 
 def _add_model_args(p, ablation=True):
@@ -58,6 +59,10 @@ def _add_train_args(p):
     p.add_argument("--subset", type=int, default=DEFAULTS["subset"],
                    help="train on the first N training images (test: N/5, at least 200); 0 = all "
                         "(shapes: 10000/2000, cifar10: 50000/10000). Default %(default)s")
+    p.add_argument("--bn-momentum", type=float, default=DEFAULTS["bn_momentum"],
+                   help="batch norm's moving-average momentum (Keras/Xception: 0.99, made for long "
+                        "ImageNet runs; with a few hundred steps the moving statistics would lag far "
+                        "behind and eval accuracy with them; default %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crop (4-pixel padding) / horizontal flip")
     p.add_argument("--device", choices=["cpu", "gpu"], default=DEFAULTS["device"],
@@ -113,11 +118,18 @@ def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
     common = dict(residual=settings.get("residual", True), intermediate=inter,
                   dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0))
     if settings["model"] == "mini":
-        return models.mini_xception(num_classes, width=settings.get("width", 1.0),
-                                    middle_blocks=settings.get("middle_blocks", 2), **common)
-    if settings["model"] == "xception":
-        return models.Xception(num_classes=num_classes, input_shape=input_shape, **common)
-    raise ValueError(f"unknown model {settings['model']!r}: expected 'mini' or 'xception'")
+        model = models.mini_xception(num_classes, width=settings.get("width", 1.0),
+                                     middle_blocks=settings.get("middle_blocks", 2), **common)
+    elif settings["model"] == "xception":
+        model = models.Xception(num_classes=num_classes, input_shape=tuple(input_shape), **common)
+    else:
+        raise ValueError(f"unknown model {settings['model']!r}: expected 'mini' or 'xception'")
+    if settings.get("bn_momentum") is not None:
+        from .nn import BatchNorm2D
+        for m in model.modules():
+            if isinstance(m, BatchNorm2D):
+                m.momentum = float(settings["bn_momentum"])
+    return model
 
 
 def run_training(settings, out, epochs, device="cpu", resume=None, progress=True, **fit_kw):

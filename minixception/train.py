@@ -163,7 +163,7 @@ def evaluate(model, x, y, batch_size, mean, std):
 
 def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
         schedule="cosine", device="cpu", seed=0, augment=True, resume=None, settings=None,
-        progress=True, sync_every=None, interrupt_after_steps=None):
+        progress=True, verbose=True, sync_every=None, interrupt_after_steps=None):
     """Train ``model`` on ``data`` (dict x_train, y_train, x_test, y_test: host uint8 / int) -> history.
 
     out: the run folder (metrics.csv, curves.png, checkpoint.npz go directly in it).
@@ -171,6 +171,7 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
     resume: a checkpoint path; model weights, BN statistics, momentum buffers, the data
       generator and the metrics history are restored, and training continues to ``epochs``.
     settings: the run's settings (JSON-able dict), stored in every checkpoint.
+    progress: the tqdm bar; verbose: one summary line per epoch.
     sync_every: host reads of the running loss (progress bar, NaN check); default 1 on the
       CPU (free there) and 50 on the GPU.
     interrupt_after_steps: for tests -- behave as if Ctrl-C came after that many steps of this call.
@@ -278,7 +279,7 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
             save_checkpoint(out / CHECKPOINT, model, opt, epoch=epoch + 1, step=0, data_rng=rng.bit_generator.state,
                             dropout_rngs=_dropout_states(model), history=history, settings=settings)
             plot_curves(out / CURVES, history, title=settings.get("title"))
-            if progress:
+            if verbose:
                 print(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                       f"test loss {test_loss:.4f} acc {test_acc:.3f} | lr {lr_epoch:.4g} | "
                       f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f} s", flush=True)

@@ -15,7 +15,8 @@ use a random dy.
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+from .. import cuda as _cuda
+from ..backend import get_array_module, is_gpu_array
 from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 
@@ -45,6 +46,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
     check_same_dtype(x, gamma, beta, what="batch norm")
     x2 = x.reshape(-1, c)
     m = x2.shape[0]
+    if training and m > 1 and is_gpu_array(x) and _cuda.batchnorm_ready(x):   # hand-written kernels
+        return _cuda.batchnorm_forward_train(x, gamma, beta, moving_mean, moving_variance, momentum, eps)
     rows = _parallel.batch_slices(xp, m, c)
     xc = xp.empty_like(x2)            # x - mu; xhat = xc * inv_std is never stored (one sweep saved)
     if training:
@@ -77,6 +80,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, training=Tru
 
 def batchnorm_backward(dy, cache):
     """dy: (N, H, W, C) -> (dx: (N, H, W, C), dgamma: (C,), dbeta: (C,))."""
+    if isinstance(cache, _cuda.BatchNormCache):                     # the forward ran the CUDA kernels
+        return _cuda.batchnorm_backward_train(dy, cache)
     xp = get_array_module(dy)
     xc, gamma, inv_std, training, x_shape = cache
     c = gamma.shape[0]

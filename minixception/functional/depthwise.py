@@ -22,7 +22,8 @@ diagonal regular convolution); the tests check that identity.
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+from .. import cuda as _cuda
+from ..backend import get_array_module, is_gpu_array
 from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 from .padding import conv_geometry, pad_nhwc, pair
@@ -45,6 +46,8 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
     sh, sw = pair(stride, "stride")
     n, h, w, _ = x.shape
     pads, (oh, ow) = conv_geometry(h, w, (kh, kw), (sh, sw), padding)
+    if is_gpu_array(x) and _cuda.depthwise_ready(x, kernel):      # hand-written kernel, minixception/cuda
+        return _cuda.depthwise_forward(x, kernel, pads, (sh, sw), (oh, ow))
     x_pad = pad_nhwc(x, pads)
     win = _windows(xp, x_pad, kh, kw, oh, ow, sh, sw)
     k = kernel[:, :, :, 0]
@@ -55,6 +58,8 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
 
 def depthwise_conv2d_backward(dy, cache):
     """dy: (N, Ho, Wo, C) -> (dx: (N, H, W, C), dkernel: (kh, kw, C, 1))."""
+    if isinstance(cache, _cuda.DepthwiseCache):                     # the forward ran the CUDA kernel
+        return _cuda.depthwise_backward(dy, cache)
     xp = get_array_module(dy)
     x_pad, kernel, pads, (sh, sw), x_shape = cache
     kh, kw, c, _ = kernel.shape
