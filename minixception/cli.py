@@ -154,10 +154,15 @@ def cmd_train(args):
         print(f"resuming {args.resume} with its settings: {json.dumps(settings)}", flush=True)
     else:
         settings = settings_from_args(args)
+    from .data import ChecksumError, DatasetUnavailable
+    from .train import NonFiniteLoss
     t0 = time.perf_counter()
     try:
         history = run_training(settings, args.out, args.epochs, device=args.device, resume=args.resume,
                                progress=args.progress)
+    except (DatasetUnavailable, ChecksumError, NonFiniteLoss) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         print(f"\n{exc}" if str(exc) else "\ninterrupted", file=sys.stderr)
         return 130
