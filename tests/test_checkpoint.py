@@ -14,7 +14,7 @@ def _trained(seed=0):
     """A model and optimiser after two steps: non-trivial weights, BN statistics and momentum."""
     m = tiny_model(seed)
     opt = mx.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    x = np.random.default_rng(seed).standard_normal((8, 8, 8, 3)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((8, 32, 32, 3)).astype(np.float32)
     y = np.arange(8) % 10
     for _ in range(2):
         opt.zero_grad()

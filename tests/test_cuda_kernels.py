@@ -86,14 +86,14 @@ KERNEL_FILES = ("depthwise", "batchnorm")
 
 # -- 1. nvcc compile check ----------------------------------------------------------------
 
-@pytest.mark.parametrize("name", KERNEL_FILES)
-@pytest.mark.parametrize("ctype", ["float", "double"])
+@pytest.mark.parametrize("name,ctype", [("depthwise", "float"), ("batchnorm", "double")])
 def test_cu_files_compile_with_nvcc(name, ctype, tmp_path):
+    """nvcc front end + PTX (as NVRTC does at run time); the other dtype is compiled by the emulation."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not found")
     defines = ["-DKH=5", "-DKW=3"] if name == "depthwise" else []
-    r = subprocess.run([nvcc, f"-DMX_T={ctype}", *defines, "-c", "-x", "cu", "-o", str(tmp_path / "k.o"),
+    r = subprocess.run([nvcc, f"-DMX_T={ctype}", *defines, "-ptx", "-x", "cu", "-o", str(tmp_path / "k.ptx"),
                         str(cuda.SOURCE_DIR / f"{name}.cu")], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
 
