@@ -87,3 +87,18 @@ def test_progress_bar_runs(tmp_path, capsys):
     fit(tiny_model(0), tiny_data(32, 16), tmp_path, epochs=1, batch_size=16, progress=True)
     err = capsys.readouterr()
     assert "epoch 1/1" in err.err + err.out
+
+
+def test_first_ctrl_c_is_deferred_to_a_step_boundary_second_interrupts():
+    import os
+    import signal
+    import threading
+    from minixception.train import _SigintGuard
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    with _SigintGuard() as g:
+        os.kill(os.getpid(), signal.SIGINT)          # first: only a flag, the step finishes
+        assert g.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)      # second: at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
