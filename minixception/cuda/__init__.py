@@ -24,6 +24,7 @@ from ..backend import cupy_module, gpu_available
 SOURCE_DIR = Path(__file__).resolve().parent
 _modules = {}          # (name, dtype, defines) -> compiled cupy.RawModule, or None if it failed
 _forced_off = [False]
+_has_gpu = [None]
 _THREADS = 256
 LANES = 8              # lanes per block of the column reductions (as in the .cu files)
 MAX_TAPS = 49          # depthwise kernels up to 7x7 go through CUDA; larger ones use xp
@@ -44,7 +45,9 @@ def enabled() -> bool:
     """The kernels may be used: not switched off, and CuPy sees a GPU."""
     if _forced_off[0] or os.environ.get("MINIXCEPTION_CUDA_KERNELS", "1") == "0":
         return False
-    return gpu_available()
+    if _has_gpu[0] is None:                 # asked once: this runs on every depthwise / BN call
+        _has_gpu[0] = gpu_available()
+    return _has_gpu[0]
 
 
 def source(name: str) -> str:
