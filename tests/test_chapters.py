@@ -43,6 +43,12 @@ def test_chapter_executes_in_fast_mode(path, tmp_path, monkeypatch):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     monkeypatch.setenv("MINIXCEPTION_FAST", "1")
+    # One BLAS thread in the notebook kernel: on a busy 2-core machine OpenBLAS's threaded GEMM
+    # with a long inner dimension (x^T dy in the 1x1 convolutions' backward) was measured 100x+
+    # slower than single-threaded, turning seconds into minutes. The chapters' correctness does
+    # not depend on it; an explicit setting in the environment wins.
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

@@ -38,6 +38,16 @@ if not LIVE_BAR:
     os.environ["TQDM_DISABLE"] = "1"
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+
+def show_jpeg(fig):
+    """Show a figure of (noisy) images as a JPEG: as a PNG it would weigh ten times more in the notebook."""
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 85})
+    plt.close(fig)
+    display(Image(buf.getvalue()))
+
 # %% [markdown]
 r"""
 ## 1. The data
@@ -64,7 +74,7 @@ for c in range(10):
         axes[r, c].imshow(data["x_train"][i]); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
     axes[0, c].set_title(classes[c], fontsize=10)
 axes[2, 0].set_xlabel("32 px"); axes[2, 0].set_ylabel("32 px")
-plt.tight_layout(); plt.show()
+plt.tight_layout(); show_jpeg(fig)
 
 # %% [markdown]
 r"""
@@ -146,7 +156,7 @@ first, last = history[0], history[-1]
 print(f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}; test accuracy {first['test_acc']:.3f} -> {last['test_acc']:.3f}")
 assert last["train_loss"] < first["train_loss"]              # it learns
 if not FAST:
-    assert last["test_acc"] > 0.5                             # well above chance (0.1) after the full run
+    assert max(r["test_acc"] for r in history) > 0.5          # well above chance (0.1) in the full run
 
 # %% [markdown]
 r"""
@@ -185,7 +195,7 @@ changed = [k for k in saved if not np.array_equal(saved[k], model.state_dict()[k
 assert changed and all(k.endswith(("moving_mean", "moving_variance")) for k in changed)   # no weight touched
 assert np.isclose(acc_before, history[-1]["test_acc"])
 if not FAST:
-    assert acc_after >= acc_before - 0.02
+    assert acc_after > 0.8 and acc_after >= acc_before - 0.02
 
 # %% [markdown]
 r"""
@@ -317,8 +327,9 @@ r"""
 
 * `mx.train.fit` = the paper's optimiser (SGD, momentum 0.9, L2 $10^{-5}$ on kernels, 0.045 × 0.94
   every 2 epochs) around the hand-written forward and backward passes.
-* A 110-thousand-parameter Xception learns the shapes dataset on a CPU in minutes; early test
-  accuracy lags because batch norm's moving statistics need a few hundred steps to settle.
+* A 110-thousand-parameter Xception learns the shapes dataset on a CPU in minutes. Its test
+  accuracy lags and jumps because batch norm's moving statistics trail the fast-changing weights;
+  re-estimating them for the final weights closes most of the gap, no weight changed.
 * Inside: the confusion matrix, per-layer batch norm statistics, first-layer and depthwise filters,
   and a checkpoint that restores the model exactly.
 
