@@ -16,7 +16,7 @@ import time
 # The defaults of a bare `train`: a few minutes on a 2-core CPU (see the report in issue 4).
 DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
-                out="runs/train", width=1.0, middle_blocks=2, residual=True, intermediate="none",
+                out="runs/train", width=0.5, middle_blocks=2, residual=True, intermediate="none",
                 dropout=0.0, augment=True, bn_momentum=0.9)
 
 # settings that define the run (stored in checkpoints; a resume takes them from there)
