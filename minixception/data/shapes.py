@@ -7,13 +7,15 @@ checkerboard, diagonal stripes). Every image draws at random:
 - the object's centre (anywhere that keeps most of it inside), size, colour;
 - a background colour with a linear gradient of random direction and strength;
 - a second colour for the "off" part of a texture and the stripe period and phase;
-- a distractor: a thin line of a third colour across the image;
+- in half of the images, a distractor: a thin line of a third colour across the image;
 - Gaussian pixel noise.
 
 Colours are random per image and the object may be lighter or darker than the
-background, so no pixel position or colour says the class on its own: a linear model
-on pixels stays weak (about 30% on the default split), while a small conv net, which
-sees local edges and orientations wherever they are, reaches well above 80%.
+background, so no pixel position or colour says the class on its own. Measured on
+the default split (10000 train / 2000 test, seed 0): softmax regression on the
+pixels fits the training set to ~50% but scores 11-12% on the test set (chance: 10%);
+the CLI's default mini Xception (width 0.5, 4000 training images, 6 epochs) reaches
+~81%, and a small depthwise-separable net in PyTorch ~90% on the full 10000.
 """
 from __future__ import annotations
 
