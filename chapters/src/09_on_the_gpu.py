@@ -116,49 +116,60 @@ once: the traffic falls to about the ideal, the launches to one.
 
 ## 3. A CUDA kernel for the depthwise convolution
 
-The package keeps its hand-written kernels as CUDA C sources in `minixception/cuda/`, compiled
-at first use by CuPy (`RawKernel`), each with the plain `xp` version beside it as reference and
-fallback. Here is the depthwise forward kernel:
+The package keeps its hand-written kernels as CUDA C sources in `minixception/cuda/`
+(`depthwise.cu`, `batchnorm.cu`), compiled on first use by CuPy (NVRTC) per dtype and kernel size.
+The plain `xp` versions in `minixception.functional` stay the reference and the fallback: the
+depthwise op calls the kernel only for a CuPy input when it compiled, and
+`minixception.cuda.disabled()` (or `MINIXCEPTION_CUDA_KERNELS=0`) forces the `xp` path. Here is the
+forward kernel, `dw_forward`, as the package ships it:
 """
 
 # %%
-cuda_dir = Path(mx.__file__).parent / "cuda"
-sources = sorted(cuda_dir.glob("*.cu")) if cuda_dir.is_dir() else []
-print("CUDA sources in the package:", [s.name for s in sources] or "none found")
-dw_sources = [s for s in sources if "depthwise" in s.name]
-kernel_text = dw_sources[0].read_text() if dw_sources else None
-if kernel_text is not None:
-    for i, line in enumerate(kernel_text.splitlines(), 1):
-        print(f"{i:3d} | {line}")
-else:
-    print("(this version of the package ships no depthwise CUDA source; the explanation below still holds)")
+from minixception import cuda as mx_cuda               # imports without CuPy or a GPU
+
+cu = mx_cuda.source("depthwise")
+lines = cu.splitlines()
+start = next(i for i, l in enumerate(lines) if "void dw_forward(" in l)
+end = next(i for i in range(start, len(lines)) if lines[i] == "}")
+header = [i for i in range(len(lines)) if lines[i].startswith(("#ifndef MX_T", "#define MX_T", "typedef"))]
+for i in header + [None] + list(range(start - 2, end + 1)):
+    print("    ..." if i is None else f"{i + 1:3d} | {lines[i]}")
+kernels = [l.split("void ")[1].split("(")[0] for l in lines if "__global__ void" in l]
+print("\nkernels in depthwise.cu:", kernels)
+assert kernels == ["dw_forward", "dw_backward_input", "dw_backward_kernel"]
 
 # %% [markdown]
 r"""
-Line by line, a one-thread-per-output depthwise kernel does this (NHWC, kernel `(kh, kw, C, 1)`):
+Step by step through the listing:
 
-1. **Which output am I?** `idx = blockIdx.x * blockDim.x + threadIdx.x` numbers the threads of
-   the whole launch; a thread past `N * Ho * Wo * C` returns at once (the grid is rounded up to
-   whole blocks).
-2. **Unflatten the index, channel fastest:** `c = idx % C`, then `j = (idx / C) % Wo`,
-   `i = (idx / (C * Wo)) % Ho`, `n = idx / (C * Wo * Ho)`. With channels last, neighbouring threads
-   get neighbouring channels of the same pixel, so a warp's 32 reads of `x` are 32 consecutive
-   floats — one coalesced memory transaction per tap.
-3. **Loop over the window:** for each tap `(a, b)` the input row is `i * stride + a - pad_top`
-   and the column `j * stride + b - pad_left`. TF "same" padding needs only the *top/left* amounts
-   here: the asymmetric extra row at the bottom/right is simply a coordinate past the edge.
-4. **Zero padding without a padded copy:** a coordinate outside `[0, H) x [0, W)` is skipped, which
-   is the same as multiplying by a padded zero — and saves allocating and filling a padded tensor.
-5. **Accumulate in a register:** `acc += x[((n * H + r) * W + s) * C + c] * k[(a * kw + b) * C + c]`;
-   the kernel weights for one channel are reused by every thread of that channel (they stay in
-   cache).
-6. **Write once:** `y[idx] = acc`.
+1. **The scalar type** `real` is a macro set at compile time (`-DMX_T=float` or `double`), and so are
+   the kernel height and width (`-DKH=3 -DKW=3`): with constant bounds the compiler fully unrolls the
+   two tap loops (`#pragma unroll`).
+2. **The signature**: raw pointers to `x`, the kernel `k` and the output `y` (`__restrict__`: they
+   do not alias, so loads can be cached), the shapes, the strides and the *top/left* padding only —
+   TF "same" padding's extra row at the bottom/right is just a coordinate past the edge.
+3. **Which output am I?** `idx = blockIdx.x * blockDim.x + threadIdx.x`, in a *grid-stride loop*
+   (`idx += blockDim.x * gridDim.x`): a launch of any grid size covers all `N*OH*OW*C` outputs, one
+   per thread per iteration. Indices are `long long`: a batch of activations can exceed $2^{31}$ values.
+4. **Unflatten, channel fastest**: `c = idx % C`, then `ow`, `oh`, `n`. With NHWC, the 32 threads of a
+   warp take 32 consecutive channels of the same pixel, so each of their loads of `x` and `k` and
+   their store to `y` touches 32 consecutive floats — one coalesced memory transaction.
+5. **The window's corner**: `h0 = oh*SH - PT`, `w0 = ow*SW - PL` (negative at the top/left border).
+6. **Zero padding without a padded copy**: rows `h` and columns `w` outside the image are skipped
+   (`continue`), exactly as if they held zeros — no padded tensor is allocated or filled.
+7. **Accumulate in a register**: `acc += x[((n*H + h)*W + w)*C + c] * k[(i*KW + j)*C + c]`; the
+   kernel weight for channel `c` is read by every thread of that channel and stays in cache.
+8. **Write once**: `y[idx] = acc`. Each input value is read by at most $k^2$ threads (mostly from cache)
+   and each output written once: the ideal traffic of section 2, in one launch.
 
-The backward pass has two parts: the input gradient is the same kind of kernel run over the
-input positions (each input pixel gathers the outputs whose windows cover it — no atomics), and
-the kernel gradient is a reduction over $N\cdot H_o\cdot W_o$ for each of the $k^2 C$ weights.
+The backward pass is two more kernels in the same file. `dw_backward_input` is the same pattern run
+over the *input* positions: each thread gathers the outputs whose windows covered its pixel
+(`oh = (h + PT - i) / SH` when divisible), so no two threads write the same place — no atomics, and
+the result is deterministic. `dw_backward_kernel` is a reduction over all $N H_o W_o$ output pixels
+for each of the $k^2 C$ weights: blocks of 32 channels × 8 lanes keep $k^2$ partial sums in registers,
+combine the lanes in shared memory, and leave one small sum over blocks to the host side.
 
-We can follow the index arithmetic of steps 1–6 in plain Python for a tiny tensor — one loop
+We can follow the index arithmetic of steps 3–8 in plain Python for a tiny tensor — one loop
 iteration per "thread" — and compare with the package's NumPy depthwise convolution:
 """
 
@@ -285,9 +296,14 @@ if GPU:
         cp.cuda.Device().synchronize()
         return (time.perf_counter() - t0) / reps
 
-    t_cupy = gpu_time(lambda: F.depthwise_conv2d_forward(xg, kg, 1, "same"))
+    t_kernel = gpu_time(lambda: F.depthwise_conv2d_forward(xg, kg, 1, "same"))     # the CUDA kernel
+    with mx_cuda.disabled():                                                          # the plain xp version
+        t_xp = gpu_time(lambda: F.depthwise_conv2d_forward(xg, kg, 1, "same"))
+        y_xp = F.depthwise_conv2d_forward(xg, kg, 1, "same")[0]
+    y_k = F.depthwise_conv2d_forward(xg, kg, 1, "same")[0]
+    assert cp.allclose(y_k, y_xp, rtol=1e-4, atol=1e-4)                              # same numbers
     t_numpy = best(lambda: F.depthwise_conv2d_forward(cp.asnumpy(xg), cp.asnumpy(kg), 1, "same"), 3)
-    rows = [("NumPy (CPU)", t_numpy), ("CuPy, the package's depthwise", t_cupy)]
+    rows = [("NumPy (CPU)", t_numpy), ("CuPy, plain xp code", t_xp), ("CuPy, CUDA kernel (dw_forward)", t_kernel)]
     if torch_cuda:
         xt_g = torch.as_tensor(cp.asnumpy(xg).transpose(0, 3, 1, 2).copy(), device="cuda")
         kt_g = torch.as_tensor(cp.asnumpy(kg).transpose(2, 3, 0, 1).copy(), device="cuda")
