@@ -227,8 +227,8 @@ fig.colorbar(im, label="fraction of the true class"); plt.tight_layout(); plt.sh
 # %% [markdown]
 r"""
 **Batch norm's statistics.** Every `BatchNorm2D` carries the running mean and variance of its
-input, per channel. They tell how large the signal is at each depth, and $\gamma$ shows how much
-each channel is used after normalisation.
+input, per channel (here: the ones re-estimated above for the final weights). They tell how large
+the signal is at each depth, and $\gamma$ shows how much each channel is used after normalisation.
 """
 
 # %%
