@@ -85,7 +85,7 @@ def conv2d_forward(x, kernel, bias=None, stride=1, padding="valid", groups=1):
     cols = _im2col(x_pad, kh, kw, oh, ow, sh, sw)
     m = n * oh * ow
     if groups == 1:
-        y = cols.reshape(m, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
+        y = _parallel.matmul(cols.reshape(m, kh * kw * c), kernel.reshape(kh * kw * c, f))
     else:
         fg = f // groups
         cols_g = _grouped(cols.reshape(m, kh * kw, c), groups)                     # (g, M, K)
@@ -112,8 +112,8 @@ def conv2d_backward(dy, cache):
     dy2 = dy.reshape(m, f)
     if groups == 1:
         cols2 = cols.reshape(m, kh * kw * c)
-        dkernel = (cols2.T @ dy2).reshape(kernel.shape)
-        dcols = (dy2 @ kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
+        dkernel = _parallel.matmul_tn(cols2, dy2).reshape(kernel.shape)
+        dcols = _parallel.matmul(dy2, kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
     else:
         fg = f // groups
         dy_g = dy2.reshape(m, groups, fg).transpose(1, 0, 2)                         # (g, M, Fg)
