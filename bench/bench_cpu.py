@@ -197,8 +197,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--ops-only", action="store_true")
     ap.add_argument("--step-only", action="store_true")
-    ap.add_argument("--width", type=float, default=2.0,
-                    help="width multiplier of the mini Xception for the training step (1: the CPU default model)")
+    ap.add_argument("--width", default="1,2,4",
+                    help="width multipliers of the mini Xception for the training step, comma-separated "
+                         "(default 1,2,4: 110k, 416k and 1.6M parameters)")
     ap.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: all cores); set OPENBLAS_NUM_THREADS too")
     ap.add_argument("--cpu-time", action="store_true",
                     help="measure process CPU time instead of wall time (steadier on a busy machine; "
@@ -217,10 +218,11 @@ def main(argv=None):
             print(f"{name:32s} {a * 1e3:10.2f} ms {b * 1e3:7.2f} ms {a / b:6.2f}x")
         print()
     if not args.ops_only:
-        what, n_params, diff, a, b = train_step_ratio(args.batch, args.repeat, args.width)
-        print(f"training step: {what}, {n_params:,} parameters, 32x32, batch {args.batch}")
-        print(f"  max |logit difference| minixception vs PyTorch mirror (eval): {diff:.2e}")
-        print(f"  minixception {a * 1e3:.1f} ms   PyTorch {b * 1e3:.1f} ms   ratio {a / b:.2f}x")
+        print(f"training step (forward, loss, backward, SGD), 32x32, batch {args.batch}:")
+        for width in (float(w) for w in args.width.split(",")):
+            what, n_params, diff, a, b = train_step_ratio(args.batch, args.repeat, width)
+            print(f"  {what:34s} {n_params:>10,} params   minixception {a * 1e3:7.1f} ms   "
+                  f"PyTorch {b * 1e3:6.1f} ms   ratio {a / b:.2f}x   (same weights: max |logit diff| {diff:.1e})")
 
 
 if __name__ == "__main__":
