@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import check_device, get_array_module, to_device, to_numpy
+from .backend import check_device, get_array_module, to_device
 from .checkpoint import load_checkpoint, rng_from_state, save_checkpoint
 from .data.iterator import BatchIterator, channel_stats
 from .losses import softmax_cross_entropy

@@ -12,13 +12,14 @@ it is opened, and nothing in it is ever unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from ..cache import cache_dir, md5sum
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -36,20 +37,6 @@ class DatasetUnavailable(RuntimeError):
 
 class ChecksumError(RuntimeError):
     """The archive's MD5 is not the published one (corrupt or different file)."""
-
-
-def cache_dir() -> Path:
-    """``$MINIXCEPTION_CACHE`` if set, else ``~/.cache/minixception``."""
-    env = os.environ.get("MINIXCEPTION_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "minixception"
-
-
-def md5sum(path, chunk=1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(url, dest: Path):

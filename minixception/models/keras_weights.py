@@ -25,7 +25,6 @@ into ``moving_variance``); it is loaded as is.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pathlib
 import shutil
@@ -35,6 +34,7 @@ import urllib.request
 
 import numpy as np
 
+from ..cache import cache_dir, md5sum
 from .. import nn
 from ..backend import get_array_module, to_numpy
 
@@ -55,18 +55,6 @@ class WeightsUnavailableError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # download and cache
 # ---------------------------------------------------------------------------------------------
-def cache_dir() -> pathlib.Path:
-    """``$MINIXCEPTION_CACHE`` if set, else ``~/.cache/minixception``."""
-    env = os.environ.get("MINIXCEPTION_CACHE")
-    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "minixception"
-
-
-def md5sum(path, chunk=1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _urllib_download(url, dest, timeout=60):
