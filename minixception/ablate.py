@@ -29,7 +29,7 @@ ABLATE_DEFAULTS = dict(epochs=4, subset=2000, width=0.5, middle_blocks=4)
 
 
 def add_ablate_args(p):
-    from .cli import DEFAULTS
+    from .runs import DEFAULTS
     p.add_argument("--data", choices=["shapes", "cifar10"], default="shapes",
                    help="dataset (default: the built-in shapes)")
     p.add_argument("--epochs", type=int, default=ABLATE_DEFAULTS["epochs"], help="default %(default)s")
@@ -57,7 +57,7 @@ def add_ablate_args(p):
 
 def run_ablation(args):
     """Train each variant -> {variant: history}; writes the CSV and the figure."""
-    from .cli import run_training
+    from .runs import run_training
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]

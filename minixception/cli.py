@@ -13,16 +13,7 @@ import json
 import sys
 import time
 
-# The defaults of a bare `train`: a few minutes on a 2-core CPU (see the report in issue 4).
-DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
-                weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
-                out="runs/train", width=0.5, middle_blocks=2, residual=True, intermediate="none",
-                dropout=0.0, augment=True, bn_momentum=0.9)
-
-# settings that define the run (stored in checkpoints; a resume takes them from there)
-RUN_KEYS = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "subset",
-            "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment",
-            "bn_momentum")
+from .runs import DEFAULTS, RUN_KEYS, build_model, run_training  # noqa: F401  (re-exported)
 
 
 def _add_model_args(p, ablation=True):
@@ -109,40 +100,6 @@ def settings_from_args(args):
     if s["subset"] == 0:
         s["subset"] = None
     return s
-
-
-def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
-    """The model a run's settings describe (weights seeded by ``settings["seed"]``)."""
-    from . import models           # lazily: the CLI's --help works without building anything
-    inter = None if settings.get("intermediate", "none") == "none" else settings["intermediate"]
-    common = dict(residual=settings.get("residual", True), intermediate=inter,
-                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0))
-    if settings["model"] == "mini":
-        model = models.mini_xception(num_classes, width=settings.get("width", 1.0),
-                                     middle_blocks=settings.get("middle_blocks", 2), **common)
-    elif settings["model"] == "xception":
-        model = models.Xception(num_classes=num_classes, input_shape=tuple(input_shape), **common)
-    else:
-        raise ValueError(f"unknown model {settings['model']!r}: expected 'mini' or 'xception'")
-    if settings.get("bn_momentum") is not None:
-        from .nn import BatchNorm2D
-        for m in model.modules():
-            if isinstance(m, BatchNorm2D):
-                m.momentum = float(settings["bn_momentum"])
-    return model
-
-
-def run_training(settings, out, epochs, device="cpu", resume=None, progress=True, **fit_kw):
-    """Load the data, build the model, train -> history. Used by ``train`` and ``ablate``."""
-    from .data import load_dataset
-    from .train import fit
-    data = load_dataset(settings["data"], settings.get("subset"), seed=settings["seed"])
-    model = build_model(settings, num_classes=len(data["classes"]), input_shape=data["x_train"].shape[1:])
-    return fit(model, data, out, epochs=epochs, batch_size=settings["batch_size"], lr=settings["lr"],
-               momentum=settings["momentum"], weight_decay=settings["weight_decay"],
-               schedule=settings["schedule"], device=device, seed=settings["seed"],
-               augment=settings.get("augment", True), resume=resume, settings=settings,
-               progress=progress, **fit_kw)
 
 
 def cmd_train(args):

@@ -33,7 +33,7 @@ def test_train_ablation_switches_reach_the_model(tmp_path):
     from minixception.checkpoint import read_meta
     s = read_meta(out / "checkpoint.npz")["settings"]
     assert (s["residual"], s["intermediate"], s["dropout"], s["schedule"]) == (False, "elu", 0.2, "step")
-    from minixception.cli import build_model
+    from minixception.runs import build_model
     from minixception import nn
     m = build_model(s)
     assert not any(isinstance(x, nn.Residual) for x in m.modules())
