@@ -1,0 +1,1 @@
+"""numba CPU kernels (optional: without numba the reference runs)."""
