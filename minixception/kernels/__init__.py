@@ -114,3 +114,5 @@ def _register_references():
 
 
 _register_references()
+
+from . import cpu  # noqa: E402,F401  (registers the CPU loader; numba is imported only on first use)
