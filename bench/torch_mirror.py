@@ -94,7 +94,7 @@ def mirror(module):
     if isinstance(module, nn.Residual):
         return _Residual(mirror(module.main), None if module.shortcut is None else mirror(module.shortcut))
     if isinstance(module, nn.Concat):
-        return _Concat([mirror(m) for m in module._children])
+        return _Concat([mirror(m) for m in module.children()])
     if isinstance(module, nn.Conv2D):
         k = module.kernel.data
         return _conv(module.in_channels, module.out_channels, module.kernel_size, module.stride,
@@ -148,8 +148,8 @@ def mirror(module):
     if isinstance(module, nn.Flatten):
         return tnn.Flatten()
     # a model class: mirror its children in order (models are Sequential-like by construction)
-    if module._children and not module._params:
-        return tnn.Sequential(*[mirror(m) for m in module._children])
+    if module.children() and not module.named_parameters(recurse=False):
+        return tnn.Sequential(*[mirror(m) for m in module.children()])
     raise TypeError(f"no torch mirror for {type(module).__name__}")
 
 

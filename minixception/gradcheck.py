@@ -109,6 +109,10 @@ def check_function(forward, backward, inputs, seed=0, h=1e-5, samples=None):
     grads = backward(dy, cache)
     if not isinstance(grads, tuple):
         grads = (grads,)
+    if len(grads) != len(inputs):
+        # zip() would silently check only the first ones, or pair gradients with the wrong inputs
+        raise ValueError(f"check_function: backward returned {len(grads)} gradient(s) for {len(inputs)} "
+                         "input(s); expected one per input, in the order of the inputs")
 
     def loss():
         return float((forward(*inputs)[0] * dy).sum())

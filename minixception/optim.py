@@ -9,6 +9,10 @@ The update is PyTorch's ``torch.optim.SGD`` (dampening 0), step for step:
 
 Weight decay is L2 *added to the gradient* (the paper's 1e-5), and it skips batch
 norm's gamma/beta and biases, as Keras's ``kernel_regularizer`` does.
+
+The momentum buffer of a parameter lives with it, in ``p.state["momentum_buffer"]``,
+so ``model.to(device, dtype)`` moves and casts it together with the weights: the
+optimiser carries no arrays of its own that could be left behind on the old device.
 """
 from __future__ import annotations
 
@@ -28,8 +32,12 @@ class SGD:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.params = params
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
-        self.buffers = [None] * len(params)     # momentum buffers, created on the first step
         self.steps = 0
+
+    @property
+    def buffers(self):
+        """The momentum buffers, one per parameter (None before its first step); read-only view."""
+        return [p.state.get(_BUFFER) for p in self.params]
 
     def zero_grad(self):
         for p in self.params:
@@ -41,10 +49,11 @@ class SGD:
             if self.weight_decay and p.regularize:
                 g = g + self.weight_decay * p.data
             if self.momentum:
-                buf = self.buffers[i]
-                if buf is None or device_of(buf) != device_of(g):
-                    buf = self.buffers[i] = g.copy()
+                buf = p.state.get(_BUFFER)
+                if buf is None:                         # the first step
+                    buf = p.state[_BUFFER] = g.copy()
                 else:
+                    _check_buffer(i, buf, p)
                     buf *= self.momentum
                     buf += g
                 g = g + self.momentum * buf if self.nesterov else buf
@@ -55,7 +64,8 @@ class SGD:
     def state_dict(self):
         """Host copies of the momentum buffers (``momentum/<i>``) and the settings."""
         from .backend import to_numpy
-        sd = {f"momentum/{i}": to_numpy(b).copy() for i, b in enumerate(self.buffers) if b is not None}
+        sd = {f"momentum/{i}": to_numpy(p.state[_BUFFER]).copy()
+              for i, p in enumerate(self.params) if _BUFFER in p.state}
         sd["steps"] = self.steps
         sd["lr"] = self.lr
         return sd
@@ -72,9 +82,26 @@ class SGD:
             if tuple(v.shape) != tuple(p.data.shape):
                 raise ValueError(f"optimizer buffer {i}: expected shape {tuple(p.data.shape)}, got {tuple(v.shape)}")
             bufs[i] = to_device(v.astype(p.data.dtype), device_of(p.data))
-        self.buffers = bufs
+        for p, b in zip(self.params, bufs):          # every entry checked above: now all at once
+            if b is None:
+                p.state.pop(_BUFFER, None)
+            else:
+                p.state[_BUFFER] = b
         self.steps = int(sd.get("steps", 0))
         self.lr = float(sd.get("lr", self.lr))
+
+
+_BUFFER = "momentum_buffer"
+
+
+def _check_buffer(i, buf, p):
+    """A buffer that does not match its parameter was changed behind the model's back (set by
+    hand): say so rather than reset it, which would silently lose the momentum."""
+    if device_of(buf) != device_of(p.data) or buf.dtype != p.data.dtype or buf.shape != p.data.shape:
+        raise RuntimeError(
+            f"SGD: the momentum buffer of parameter {i} is a {device_of(buf)} {buf.dtype} array of shape "
+            f"{tuple(buf.shape)}, but the parameter is a {device_of(p.data)} {p.data.dtype} array of shape "
+            f"{tuple(p.data.shape)}; move the model with model.to(...), which moves the buffers with it")
 
 
 # -- learning-rate schedules: callables epoch (float, fractional within an epoch) -> lr ---------

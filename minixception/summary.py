@@ -38,8 +38,10 @@ def _layer_counts(m, in_shape, out_shape):
     def hw(shape):
         return int(shape[1]) * int(shape[2])
 
+    own_params = dict(m.named_parameters(recurse=False))
+
     def own(key):
-        p = m._params.get(key)
+        p = own_params.get(key)
         return 0 if p is None else int(p.data.size)
 
     bias = own("bias")
@@ -60,7 +62,7 @@ def _layer_counts(m, in_shape, out_shape):
                       hw(out_shape) * kh * kw * (m.in_channels // m.groups) * m.out_channels)}
     if isinstance(m, nn.Dense):
         return {"dense": (own("kernel") + bias, m.in_features * m.out_features)}
-    n = sum(int(p.data.size) for p in m._params.values()) + sum(int(b.size) for b in m._buffers.values())
+    n = sum(int(p.data.size) for p in own_params.values()) + sum(int(b.size) for _, b in m.named_buffers(recurse=False))
     if isinstance(m, nn.BatchNorm2D):
         return {"batch norm": (n, 0)}
     return {"other": (n, 0)} if n else {}
@@ -73,8 +75,8 @@ def trace_shapes(model, input_shape):
     The model's train/eval flags are restored afterwards.
     """
     leaves = {id(m): (path or type(m).__name__, m) for path, m in model.named_modules()
-              if not m._children and m is not model}
-    if not model._children:                     # a single layer summarised on its own
+              if not m.children() and m is not model}
+    if not model.children():                     # a single layer summarised on its own
         leaves[id(model)] = (model.name or type(model).__name__, model)
     params = model.parameters()
     dtype = params[0].data.dtype if params else np.float32

@@ -45,15 +45,15 @@ def test_forward_backward_frees_caches_and_inference_keeps_none(rng):
     m = Xception(num_classes=5, input_shape=(71, 71, 3), width=0.0625, middle_blocks=2, rng=0)
     x = rng.standard_normal((2, 71, 71, 3)).astype("float32")
     y = m(x)
-    assert any(l._cache is not None for l in m.modules())
+    assert any(l.holds_cache for l in m.modules())
     dx = m.backward(rng.standard_normal(y.shape).astype("float32"))
     assert dx.shape == x.shape and dx.dtype == np.float32
-    assert all(l._cache is None for l in m.modules()), "backward must free every cache"
+    assert all(not l.holds_cache for l in m.modules()), "backward must free every cache"
     assert all(np.abs(p.grad).sum() > 0 for p in m.parameters())
     m.eval()
     with mx.nn.inference_mode():
         y2 = m(x)
-    assert all(l._cache is None for l in m.modules())
+    assert all(not l.holds_cache for l in m.modules())
     assert y2.shape == (2, 5)
     with pytest.raises(RuntimeError, match="backward"):
         m.backward(np.ones_like(y2))
@@ -124,7 +124,7 @@ def test_mini_xception_keywords_shapes_and_training_step(rng):
     m.zero_grad()
     dx = m.backward(dlogits)
     assert dx.shape == x.shape
-    assert all(l._cache is None for l in m.modules())
+    assert all(not l.holds_cache for l in m.modules())
     names = [n for n, _ in m.leaf_layers()]
     assert names[:2] == ["block1_conv1", "block1_conv1_bn"]
     assert m.leaf_layers()[0][1].stride == 1            # stride-1 stem for 32x32 inputs

@@ -52,7 +52,7 @@ def test_summary_restores_modes_and_keeps_no_cache():
     m.train()
     mx.summary(m, (32, 32, 3), file=io.StringIO())
     assert all(l.training for l in m.modules())
-    assert all(l._cache is None for l in m.modules())
+    assert all(not l.holds_cache for l in m.modules())
     assert all("forward" not in vars(l) for l in m.modules())   # the shape hooks are gone
     x = np.zeros((2, 32, 32, 3), np.float32)
     m.backward(np.ones_like(m(x)))                                # and the model still trains

@@ -120,7 +120,7 @@ class SimplifiedInception(nn.Concat):
 
     def tower_units(self, t):
         """(1x1 unit, 3x3 unit) of tower t."""
-        branch = self._children[t]
+        branch = self.children()[t]
         return branch[0], branch[1]
 
 

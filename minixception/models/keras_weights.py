@@ -145,7 +145,7 @@ def keras_weight_order(model):
     sd_keys = set(model.state_dict())
     out = []
     for path, m in model.named_modules():
-        if m._children or (not m._params and not m._buffers):
+        if m.children() or not (m.named_parameters(recurse=False) or m.named_buffers(recurse=False)):
             continue
         order = _KERAS_ORDER.get(type(m))
         if order is None:

@@ -155,7 +155,7 @@ class XceptionNet(nn.Sequential):
 
     def leaf_layers(self):
         """``[(name, layer)]`` of the leaf layers in forward order (Keras's ``model.layers`` order)."""
-        return [(m.name, m) for m in self.modules() if not m._children and m is not self]
+        return [(m.name, m) for m in self.modules() if not m.children() and m is not self]
 
 
 class Xception(XceptionNet):

@@ -36,9 +36,11 @@ class Sequential(Module):
     def forward(self, x):
         for layer in self._children:
             x = layer(x)
+        self._keep(None, x)       # nothing to cache; dy is checked against x at the end
         return x
 
     def backward(self, dy):
+        self._take_cache(dy)
         for layer in reversed(self._children):
             dy = layer.backward(dy)
         return dy
@@ -58,11 +60,12 @@ class Residual(Module):
         if y.shape != s.shape:
             raise ValueError(f"{self._label()}: main path gives shape {y.shape} but the shortcut "
                              f"gives {s.shape}; they must match to be added")
-        self._keep(True)
-        return y + s
+        y = y + s
+        self._keep(None, y)
+        return y
 
     def backward(self, dy):
-        self._take_cache()
+        self._take_cache(dy)
         dmain = self.main.backward(dy)
         dshort = self.shortcut.backward(dy) if self.shortcut is not None else dy
         return dmain + dshort        # out of place: either term may be a view of dy
@@ -84,11 +87,12 @@ class Concat(Module):
         shapes = {o.shape[:-1] for o in outs}
         if len(shapes) != 1:
             raise ValueError(f"{self._label()}: branch outputs differ in (N, H, W): {[o.shape for o in outs]}")
-        self._keep([o.shape[-1] for o in outs])
-        return xp.concatenate(outs, axis=-1)
+        y = xp.concatenate(outs, axis=-1)
+        self._keep([o.shape[-1] for o in outs], y)
+        return y
 
     def backward(self, dy):
-        widths = self._take_cache()
+        widths = self._take_cache(dy)
         dx, start = None, 0
         for b, w in zip(self._children, widths):
             g = b.backward(dy[..., start:start + w])

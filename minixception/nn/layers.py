@@ -1,17 +1,27 @@
-"""The layers: thin holders of parameters around the ``functional`` math.
+"""The layers: thin holders of parameters around one op each.
 
 Every layer is NHWC, float32 by default (``dtype="float64"`` for gradient checks),
 created on the CPU and moved with ``.to("gpu")``. Weight names and layouts are
 Keras's, so a Keras state dict loads without transposes.
+
+All of them run through one path, ``OpLayer``: the forward asks the kernel table
+(``minixception.kernels``) which implementation of the layer's op to run for this
+input -- the reference math in ``minixception.functional`` or a fast kernel proven
+equal to it -- keeps that implementation with its cache, and the backward calls
+*the same* implementation's backward. A layer only says which op it runs, with which
+arguments, and which of its parameters receive the op's gradients.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import functional as F
+from .. import kernels
 from ..backend import get_array_module, is_gpu_array
 from .init import as_generator, glorot_uniform
 from .module import Module
+
+INTERMEDIATES = (None, "relu", "elu")   # what SeparableConv2D may put between depthwise and pointwise
 
 
 def _check_positive(name, v):
@@ -19,8 +29,65 @@ def _check_positive(name, v):
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-class Conv2D(Module):
+class OpLayer(Module):
+    """A layer that runs one op of the kernel table; the shared forward/backward of every layer.
+
+    A subclass sets ``op`` (the table's name for it) and defines
+
+    * ``op_arguments(x)``: what follows ``x`` in the op's forward call (the parameter arrays,
+      then the options), in the reference's order;
+    * ``grad_targets()``: one entry per parameter gradient the op's backward returns after dx,
+      the Parameter it is added into (None for a slot the layer does not use).
+
+    The bias, where a layer has one, is not passed to the op: ``y + bias`` and its gradient
+    ``sum of dy over every axis but the channels`` are the same for every layer, so they are
+    done here once.
+    """
+
+    op: str = ""
+    bias = None
+
+    def op_arguments(self, x) -> tuple:
+        return ()
+
+    def grad_targets(self) -> tuple:
+        return ()
+
+    def forward(self, x):
+        self._check_input_device(x)
+        args = self.op_arguments(x)
+        impl = kernels.select(self.op, x, *args)
+        y, cache = impl.forward(x, *args)
+        if self.bias is not None:
+            y = y + self.bias.data       # out of place: an op may keep its output in its cache
+        self._keep((impl, cache), y)
+        return y
+
+    def backward(self, dy):
+        impl, cache = self._take_cache(dy)
+        grads = impl.backward(dy, cache)
+        dx, dparams = (grads[0], grads[1:]) if isinstance(grads, tuple) else (grads, ())
+        targets = self.grad_targets()
+        if len(dparams) != len(targets):
+            raise RuntimeError(f"{self._label()}: the {impl.name} backward of {self.op!r} returned "
+                               f"{len(dparams)} parameter gradients, expected {len(targets)}")
+        for p, g in zip(targets, dparams):
+            if p is not None:
+                p.grad += g
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=tuple(range(dy.ndim - 1)))
+        return dx
+
+    def _make_bias(self, channels, use_bias, dtype):
+        """The (channels,) bias parameter, zero-initialised, when ``use_bias``."""
+        if use_bias:
+            self.bias = self.add_parameter("bias", np.zeros(channels, dtype), regularize=False)
+
+
+class Conv2D(OpLayer):
     """Regular (groups=1) or grouped convolution. kernel: (kh, kw, in // groups, out), bias: (out,)."""
+
+    op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding="valid", groups=1,
                  use_bias=True, name=None, rng=None, dtype="float32"):
@@ -35,25 +102,20 @@ class Conv2D(Module):
         self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
         rng = as_generator(rng)
         self.kernel = self.add_parameter("kernel", glorot_uniform((kh, kw, in_channels // groups, out_channels), rng, dtype))
-        self.bias = self.add_parameter("bias", np.zeros(out_channels, dtype), regularize=False) if use_bias else None
+        self._make_bias(out_channels, use_bias, dtype)
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.conv2d_forward(x, self.kernel.data, self.bias.data if self.bias else None,
-                                    self.stride, self.padding, self.groups)
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        # bias None: the op's own bias slot stays unused (OpLayer adds the bias)
+        return (self.kernel.data, None, self.stride, self.padding, self.groups)
 
-    def backward(self, dy):
-        dx, dk, db = F.conv2d_backward(dy, self._take_cache())
-        self.kernel.grad += dk
-        if self.bias is not None:
-            self.bias.grad += db
-        return dx
+    def grad_targets(self):
+        return (self.kernel, None)
 
 
-class DepthwiseConv2D(Module):
+class DepthwiseConv2D(OpLayer):
     """One kh x kw filter per channel. depthwise_kernel: (kh, kw, C, 1)."""
+
+    op = "depthwise_conv2d"
 
     def __init__(self, channels, kernel_size=3, stride=1, padding="same", use_bias=False,
                  name=None, rng=None, dtype="float32"):
@@ -62,26 +124,19 @@ class DepthwiseConv2D(Module):
         kh, kw = F.padding.pair(kernel_size, "kernel_size")
         self.channels, self.kernel_size, self.stride, self.padding = channels, (kh, kw), stride, padding
         self.kernel = self.add_parameter("depthwise_kernel", glorot_uniform((kh, kw, channels, 1), as_generator(rng), dtype))
-        self.bias = self.add_parameter("bias", np.zeros(channels, dtype), regularize=False) if use_bias else None
+        self._make_bias(channels, use_bias, dtype)
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.depthwise_conv2d_forward(x, self.kernel.data, self.stride, self.padding)
-        if self.bias is not None:
-            y += self.bias.data
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        return (self.kernel.data, self.stride, self.padding)
 
-    def backward(self, dy):
-        dx, dk = F.depthwise_conv2d_backward(dy, self._take_cache())
-        self.kernel.grad += dk
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 1, 2))
-        return dx
+    def grad_targets(self):
+        return (self.kernel,)
 
 
-class PointwiseConv2D(Module):
+class PointwiseConv2D(OpLayer):
     """1x1 convolution, one GEMM. pointwise_kernel: (1, 1, in, out)."""
+
+    op = "pointwise_conv2d"
 
     def __init__(self, in_channels, out_channels, use_bias=False, name=None, rng=None, dtype="float32"):
         super().__init__(name)
@@ -89,65 +144,54 @@ class PointwiseConv2D(Module):
         _check_positive("out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel = self.add_parameter("pointwise_kernel", glorot_uniform((1, 1, in_channels, out_channels), as_generator(rng), dtype))
-        self.bias = self.add_parameter("bias", np.zeros(out_channels, dtype), regularize=False) if use_bias else None
+        self._make_bias(out_channels, use_bias, dtype)
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.pointwise_conv2d_forward(x, self.kernel.data)
-        if self.bias is not None:
-            y += self.bias.data
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        return (self.kernel.data,)
 
-    def backward(self, dy):
-        dx, dk = F.pointwise_conv2d_backward(dy, self._take_cache())
-        self.kernel.grad += dk
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 1, 2))
-        return dx
+    def grad_targets(self):
+        return (self.kernel,)
 
 
-class SeparableConv2D(Module):
+class SeparableConv2D(OpLayer):
     """Depthwise kh x kw, [optional ReLU/ELU], then pointwise 1x1 (Keras's SeparableConv2D).
 
     Parameters: ``depthwise_kernel (kh, kw, in, 1)``, ``pointwise_kernel (1, 1, in, out)``,
     and ``bias (out,)`` when ``use_bias``.
     """
 
+    op = "separable_conv2d"
+
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding="same",
                  use_bias=False, intermediate=None, name=None, rng=None, dtype="float32"):
         super().__init__(name)
         _check_positive("in_channels", in_channels)
         _check_positive("out_channels", out_channels)
-        F.separable._check_intermediate(intermediate)
+        if intermediate not in INTERMEDIATES:
+            raise ValueError(f"intermediate must be None, 'relu' or 'elu', got {intermediate!r}")
         kh, kw = F.padding.pair(kernel_size, "kernel_size")
         rng = as_generator(rng)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.intermediate = (kh, kw), stride, padding, intermediate
         self.depthwise_kernel = self.add_parameter("depthwise_kernel", glorot_uniform((kh, kw, in_channels, 1), rng, dtype))
         self.pointwise_kernel = self.add_parameter("pointwise_kernel", glorot_uniform((1, 1, in_channels, out_channels), rng, dtype))
-        self.bias = self.add_parameter("bias", np.zeros(out_channels, dtype), regularize=False) if use_bias else None
+        self._make_bias(out_channels, use_bias, dtype)
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.separable_conv2d_forward(x, self.depthwise_kernel.data, self.pointwise_kernel.data,
-                                              self.stride, self.padding, self.intermediate)
-        if self.bias is not None:
-            y += self.bias.data
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        return (self.depthwise_kernel.data, self.pointwise_kernel.data, self.stride, self.padding,
+                self.intermediate)
 
-    def backward(self, dy):
-        dx, dd, dp = F.separable_conv2d_backward(dy, self._take_cache())
-        self.depthwise_kernel.grad += dd
-        self.pointwise_kernel.grad += dp
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 1, 2))
-        return dx
+    def grad_targets(self):
+        return (self.depthwise_kernel, self.pointwise_kernel)
 
 
-class BatchNorm2D(Module):
-    """Batch norm over N, H, W per channel. gamma, beta trained; moving_mean, moving_variance buffers."""
+class BatchNorm2D(OpLayer):
+    """Batch norm over N, H, W per channel. gamma, beta trained; moving_mean, moving_variance buffers.
+
+    In training mode the op updates the moving statistics in place.
+    """
+
+    op = "batchnorm"
 
     def __init__(self, channels, eps=1e-3, momentum=0.99, name=None, dtype="float32"):
         super().__init__(name)
@@ -166,88 +210,63 @@ class BatchNorm2D(Module):
     def moving_variance(self):
         return self._buffers["moving_variance"]
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.batchnorm_forward(x, self.gamma.data, self.beta.data, self.moving_mean,
-                                       self.moving_variance, self.training, self.momentum, self.eps)
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        return (self.gamma.data, self.beta.data, self.moving_mean, self.moving_variance,
+                self.training, self.momentum, self.eps)
 
-    def backward(self, dy):
-        dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache())
-        self.gamma.grad += dgamma
-        self.beta.grad += dbeta
-        return dx
+    def grad_targets(self):
+        return (self.gamma, self.beta)
 
 
-class ReLU(Module):
-    def forward(self, x):
-        y, cache = F.relu_forward(x)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.relu_backward(dy, self._take_cache())
+class ReLU(OpLayer):
+    op = "relu"
 
 
-class ELU(Module):
+class ELU(OpLayer):
+    op = "elu"
+
     def __init__(self, alpha=1.0, name=None):
         super().__init__(name)
         self.alpha = alpha
 
-    def forward(self, x):
-        y, cache = F.elu_forward(x, self.alpha)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.elu_backward(dy, self._take_cache())
+    def op_arguments(self, x):
+        return (self.alpha,)
 
 
-class MaxPool2D(Module):
+class MaxPool2D(OpLayer):
+    op = "maxpool2d"
+
     def __init__(self, pool_size=3, stride=2, padding="same", name=None):
         super().__init__(name)
         self.pool_size, self.stride, self.padding = pool_size, stride, padding
 
-    def forward(self, x):
-        y, cache = F.maxpool2d_forward(x, self.pool_size, self.stride, self.padding)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.maxpool2d_backward(dy, self._take_cache())
+    def op_arguments(self, x):
+        return (self.pool_size, self.stride, self.padding)
 
 
-class AvgPool2D(Module):
+class AvgPool2D(OpLayer):
     """Average pool; padding excluded from the count (Keras)."""
+
+    op = "avgpool2d"
 
     def __init__(self, pool_size=3, stride=1, padding="same", name=None):
         super().__init__(name)
         self.pool_size, self.stride, self.padding = pool_size, stride, padding
 
-    def forward(self, x):
-        y, cache = F.avgpool2d_forward(x, self.pool_size, self.stride, self.padding)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.avgpool2d_backward(dy, self._take_cache())
+    def op_arguments(self, x):
+        return (self.pool_size, self.stride, self.padding)
 
 
-class GlobalAvgPool2D(Module):
+class GlobalAvgPool2D(OpLayer):
     """(N, H, W, C) -> (N, C)."""
 
-    def forward(self, x):
-        y, cache = F.global_avgpool2d_forward(x)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.global_avgpool2d_backward(dy, self._take_cache())
+    op = "global_avgpool2d"
 
 
-class Dense(Module):
+class Dense(OpLayer):
     """y = x @ kernel + bias. kernel: (in, out), bias: (out,)."""
+
+    op = "dense"
 
     def __init__(self, in_features, out_features, use_bias=True, name=None, rng=None, dtype="float32"):
         super().__init__(name)
@@ -255,24 +274,19 @@ class Dense(Module):
         _check_positive("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.kernel = self.add_parameter("kernel", glorot_uniform((in_features, out_features), as_generator(rng), dtype))
-        self.bias = self.add_parameter("bias", np.zeros(out_features, dtype), regularize=False) if use_bias else None
+        self._make_bias(out_features, use_bias, dtype)
 
-    def forward(self, x):
-        self._check_input_device(x)
-        y, cache = F.dense_forward(x, self.kernel.data, self.bias.data if self.bias else None)
-        self._keep(cache)
-        return y
+    def op_arguments(self, x):
+        return (self.kernel.data, None)      # bias None: OpLayer adds it
 
-    def backward(self, dy):
-        dx, dk, db = F.dense_backward(dy, self._take_cache())
-        self.kernel.grad += dk
-        if self.bias is not None:
-            self.bias.grad += db
-        return dx
+    def grad_targets(self):
+        return (self.kernel, None)
 
 
-class Dropout(Module):
+class Dropout(OpLayer):
     """Inverted dropout with its own seeded generator; the identity in eval mode."""
+
+    op = "dropout"
 
     def __init__(self, rate, name=None, rng=None):
         super().__init__(name)
@@ -290,22 +304,17 @@ class Dropout(Module):
             self._device_rng = xp.random.default_rng(int(self._host_rng.integers(2**63 - 1)))
         return self._device_rng
 
-    def forward(self, x):
-        y, cache = F.dropout_forward(x, self.rate, self._rng_for(x), self.training)
-        self._keep(("mask", cache))
-        return y
-
-    def backward(self, dy):
-        _, mask = self._take_cache()
-        return F.dropout_backward(dy, mask)
+    def op_arguments(self, x):
+        return (self.rate, self._rng_for(x), self.training)
 
 
 class Flatten(Module):
-    """(N, ...) -> (N, prod(...))."""
+    """(N, ...) -> (N, prod(...)). A reshape, not an op: nothing to compute, nothing to dispatch."""
 
     def forward(self, x):
-        self._keep(x.shape)
-        return x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], -1)
+        self._keep(x.shape, y)
+        return y
 
     def backward(self, dy):
-        return dy.reshape(self._take_cache())
+        return dy.reshape(self._take_cache(dy))

@@ -5,11 +5,18 @@ A Module holds Parameters (trainable: ``.data`` and ``.grad``), buffers
 Calling it runs ``forward`` and keeps the cache that ``backward`` needs;
 ``backward(dy)`` returns dL/dx and *adds* parameter gradients into ``p.grad``.
 
+Every forward stores its cache with ``_keep(cache, y)`` and every backward takes it
+back with ``_take_cache(dy)``. That one pair is where ``dy`` is checked against the
+forward's output -- same shape, same dtype, same device -- before any arithmetic, so
+a float64 gradient into a float32 model, or a NumPy gradient into a GPU model, is
+refused with the layer's name instead of being promoted or misread.
+
 Names: a parameter's full name is the path of module names down to it, joined
 with "/", e.g. ``"block2_sepconv1/depthwise_kernel"``. A child contributes its
 ``name`` to the path, or its index when it has none; a container whose name is
 ``""`` is transparent (adds nothing), which is how a model built from blocks keeps
-Keras's flat ``"layer/weight"`` keys.
+Keras's flat ``"layer/weight"`` keys. Two different layers may not end up at one
+path (their state-dict entries would collide): that is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -41,12 +48,23 @@ class Parameter:
     """A trainable array and its accumulated gradient.
 
     ``regularize`` says whether L2 weight decay applies (kernels: yes; BN gamma/beta, biases: no).
+    ``state`` holds what an optimiser keeps per parameter (SGD's momentum buffer). It lives
+    here, not in the optimiser, so that ``Module.to`` moves and casts it together with
+    ``data`` and ``grad``: a model moved to another device or dtype keeps its momentum.
     """
 
     def __init__(self, data, regularize=True):
         self.data = data
         self.grad = get_array_module(data).zeros_like(data)
         self.regularize = regularize
+        self.state: dict[str, object] = {}
+
+    def to(self, device=None, dtype=None):
+        """Move (and/or cast) the data, the gradient and the optimiser state together."""
+        self.data = _move(self.data, device, dtype)
+        self.grad = _move(self.grad, device, dtype)
+        self.state = {k: _move(v, device, dtype) for k, v in self.state.items()}
+        return self
 
     @property
     def shape(self):
@@ -83,6 +101,11 @@ class Module:
     def add_child(self, module):
         if not isinstance(module, Module):
             raise TypeError(f"expected a minixception Module, got {type(module).__name__}")
+        # the cheap check at build time; named_modules() also catches collisions across
+        # transparent ("") containers, which siblings alone cannot see
+        if module.name and any(c.name == module.name and c is not module for c in self._children):
+            raise ValueError(f"{self._label()}: a second layer named {module.name!r} was added; "
+                             "layer names must be unique within a model (they are state-dict keys)")
         self._children.append(module)
         return module
 
@@ -96,18 +119,28 @@ class Module:
     def backward(self, dy):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _keep(self, cache):
-        """Store what backward needs -- unless in ``inference_mode()``."""
-        self._cache = cache if caching_enabled() else None
+    def _keep(self, cache, y):
+        """Store what backward needs, and what its ``dy`` must look like (``y``'s shape, dtype
+        and device) -- unless in ``inference_mode()``. Every forward ends with this call."""
+        self._cache = (cache, _Expected.of(y)) if caching_enabled() else None
 
-    def _take_cache(self):
-        """Hand the cache to backward and forget it (frees the activations)."""
+    def _take_cache(self, dy):
+        """Check ``dy`` against the forward's output, then hand the cache to backward and forget
+        it (frees the activations). Every backward starts with this call; a refused ``dy``
+        leaves the cache in place, so a corrected call can follow."""
         if self._cache is None:
             raise RuntimeError(
                 f"{self._label()}: backward() called before forward() (or twice for one forward, "
                 "or after a forward in inference_mode()); run forward first")
-        cache, self._cache = self._cache, None
+        cache, expected = self._cache
+        expected.check(dy, self._label())
+        self._cache = None
         return cache
+
+    @property
+    def holds_cache(self) -> bool:
+        """True between a forward that kept a cache and the backward that uses it."""
+        return self._cache is not None
 
     def _label(self):
         return f"{type(self).__name__}({self.name!r})" if self.name else type(self).__name__
@@ -123,6 +156,10 @@ class Module:
             break
 
     # -- traversal --------------------------------------------------------------------
+    def children(self):
+        """The direct child modules, in order."""
+        return list(self._children)
+
     def named_children(self):
         for i, child in enumerate(self._children):
             yield (str(i) if child.name is None else child.name), child
@@ -132,23 +169,41 @@ class Module:
         for child in self._children:
             yield from child.modules()
 
+    def _walk(self, prefix, key=None):
+        """(path, module, key it added to the path) for this module and all below, depth first."""
+        yield prefix, self, key
+        for k, child in self.named_children():
+            yield from child._walk(_join(prefix, k), k)
+
     def named_modules(self, prefix=""):
-        yield prefix, self
-        for key, child in self.named_children():
-            yield from child.named_modules(_join(prefix, key))
+        """``[(path, module)]`` for this module and every module below it, depth first.
 
-    def named_parameters(self, prefix=""):
-        """Yield ``("path/weight_name", Parameter)`` for every trainable parameter, in order."""
-        for key, p in self._params.items():
-            yield _join(prefix, key), p
-        for key, child in self.named_children():
-            yield from child.named_parameters(_join(prefix, key))
+        Raises ValueError when two different modules share a path, or two parameters /
+        buffers share a state-dict key: one of them would silently never be saved.
+        """
+        walked, layers, entries = [], {}, {}
+        for path, m, key in self._walk(prefix):
+            walked.append((path, m))
+            if key:        # a transparent child (name "") shares its parent's path by design
+                if layers.setdefault(path, m) is not m:
+                    raise ValueError(f"{self._label()}: two different layers have the path {path!r} "
+                                     "(a duplicate layer name); names must be unique within a model")
+            for k in (*m._params, *m._buffers):
+                if entries.setdefault(_join(path, k), m) is not m:
+                    raise ValueError(f"{self._label()}: two different layers both hold {_join(path, k)!r} "
+                                     "(a duplicate layer name); names must be unique within a model")
+        return walked
 
-    def named_buffers(self, prefix=""):
-        for key, b in self._buffers.items():
-            yield _join(prefix, key), b
-        for key, child in self.named_children():
-            yield from child.named_buffers(_join(prefix, key))
+    def named_parameters(self, prefix="", recurse=True):
+        """``[("path/weight_name", Parameter)]`` for every trainable parameter, in order
+        (only this module's own ones when ``recurse`` is False)."""
+        walked = self.named_modules(prefix) if recurse else [(prefix, self)]
+        return [(_join(path, k), p) for path, m in walked for k, p in m._params.items()]
+
+    def named_buffers(self, prefix="", recurse=True):
+        """``[("path/buffer_name", array)]`` for every buffer (BN moving statistics), in order."""
+        walked = self.named_modules(prefix) if recurse else [(prefix, self)]
+        return [(_join(path, k), b) for path, m in walked for k, b in m._buffers.items()]
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -178,8 +233,7 @@ class Module:
         for m in self.modules():
             m._cache = None
             for p in m._params.values():
-                p.data = _move(p.data, device, dtype)
-                p.grad = _move(p.grad, device, dtype)
+                p.to(device, dtype)
             for k, b in list(m._buffers.items()):
                 m._buffers[k] = _move(b, device, dtype)
             m._on_moved()
@@ -201,16 +255,12 @@ class Module:
     def _state_slots(self):
         """name -> (getter, setter) for every parameter and buffer."""
         slots = {}
-
-        def walk(m, prefix):
+        for path, m in self.named_modules():
             for key, p in m._params.items():
-                slots[_join(prefix, key)] = (lambda p=p: p.data, lambda v, p=p: setattr(p, "data", v))
+                slots[_join(path, key)] = (lambda p=p: p.data, lambda v, p=p: setattr(p, "data", v))
             for key in m._buffers:
-                slots[_join(prefix, key)] = (lambda m=m, key=key: m._buffers[key],
-                                             lambda v, m=m, key=key: m._buffers.__setitem__(key, v))
-            for key, child in m.named_children():
-                walk(child, _join(prefix, key))
-        walk(self, "")
+                slots[_join(path, key)] = (lambda m=m, key=key: m._buffers[key],
+                                           lambda v, m=m, key=key: m._buffers.__setitem__(key, v))
         return slots
 
     def load_state_dict(self, state):
@@ -254,6 +304,40 @@ class Module:
 
     def __repr__(self):
         return self._label()
+
+
+class _Expected:
+    """What a backward's ``dy`` must be: the forward output's shape, dtype and device."""
+
+    __slots__ = ("shape", "dtype", "device")
+
+    def __init__(self, shape, dtype, device):
+        self.shape, self.dtype, self.device = shape, dtype, device
+
+    @classmethod
+    def of(cls, y):
+        return cls(tuple(y.shape), y.dtype, device_of(y))
+
+    def describe(self):
+        return f"a {_DEVICE_WORDS[self.device]} {self.dtype} array of shape {self.shape}"
+
+    def check(self, dy, label):
+        """Raise TypeError (not an array, wrong device or dtype) or ValueError (wrong shape)."""
+        want = f"{label}.backward: expected dy like the forward's output, {self.describe()}"
+        if not (hasattr(dy, "shape") and hasattr(dy, "dtype")):
+            raise TypeError(f"{want}; got {type(dy).__name__}")
+        device = device_of(dy)
+        if device != self.device:
+            raise TypeError(f"{want}; got a {_DEVICE_WORDS[device]} array (move it with .to / to_device)")
+        if dy.dtype != self.dtype:
+            # a silent promotion would turn a float32 model's gradients into float64 ones, and a
+            # hand-written CUDA kernel would read the bytes as the wrong type
+            raise TypeError(f"{want}; got dtype {dy.dtype}")
+        if tuple(dy.shape) != self.shape:
+            raise ValueError(f"{want}; got shape {tuple(dy.shape)}")
+
+
+_DEVICE_WORDS = {"cpu": "NumPy (CPU)", "gpu": "CuPy (GPU)"}
 
 
 def _join(prefix, key):
