@@ -256,3 +256,16 @@ def test_mixed_numpy_cupy_arrays_refused():
     layer.to("gpu")
     with pytest.raises(TypeError, match="expected an input on the gpu"):
         layer(np.zeros((1, 5, 5, 3), "float32"))
+
+
+# ---------------------------------------------------------------- gradcheck
+def test_gradcheck_refuses_a_backward_with_the_wrong_number_of_gradients():
+    r = np.random.default_rng(0)
+    x, k = r.standard_normal((1, 4, 4, 2)), r.standard_normal((3, 3, 2, 1))
+    fwd = lambda x, k: F.depthwise_conv2d_forward(x, k, 1, "same")          # noqa: E731
+    with pytest.raises(ValueError, match=r"backward returned 1 gradient\(s\) for 2 input\(s\)"):
+        mx.gradcheck.check_function(fwd, lambda dy, c: F.depthwise_conv2d_backward(dy, c)[0], [x, k])
+    with pytest.raises(ValueError, match=r"backward returned 3 gradient\(s\) for 2 input\(s\)"):
+        mx.gradcheck.check_function(fwd, lambda dy, c: F.depthwise_conv2d_backward(dy, c) + (None,), [x, k])
+    errors = mx.gradcheck.check_function(fwd, F.depthwise_conv2d_backward, [x, k])
+    assert len(errors) == 2 and max(errors) < 1e-7

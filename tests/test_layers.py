@@ -261,3 +261,42 @@ def test_same_seed_same_weights():
         np.testing.assert_array_equal(va, vb)
     c = small_model(seed=8)
     assert not np.array_equal(a.state_dict()["conv/kernel"], c.state_dict()["conv/kernel"])
+
+
+# ---------------------------------------------------------------- duplicate names
+def test_duplicate_sibling_names_are_refused_at_build():
+    conv = lambda: mx.nn.Conv2D(3, 3, 1, name="a", rng=0)        # noqa: E731
+    with pytest.raises(ValueError, match="second layer named 'a'"):
+        mx.nn.Sequential(conv(), mx.nn.ReLU(), conv())
+    seq = mx.nn.Sequential(conv(), name="block")
+    with pytest.raises(ValueError, match=r"Sequential\('block'\).*'a'"):
+        seq.append(conv())
+    assert len(seq) == 1                     # the refused layer was not added
+
+
+def test_duplicate_paths_through_transparent_containers_are_refused():
+    """A transparent ("") container merges its children into its parent's names: a collision
+    there is only visible from the top, and must not silently merge two state-dict entries."""
+    conv = lambda: mx.nn.Conv2D(3, 3, 1, name="a", rng=0)        # noqa: E731
+    model = mx.nn.Sequential(mx.nn.Sequential(conv(), name=""), conv(), name="model")
+    for call in (model.state_dict, model.named_parameters, model.parameters, model.named_buffers,
+                 model.named_modules, lambda: model.load_state_dict({})):
+        with pytest.raises(ValueError, match="'a'.*duplicate layer name"):
+            call()
+    # unnamed ("") leaves with weights collide on the weight name itself
+    leaves = mx.nn.Sequential(mx.nn.Sequential(mx.nn.Dense(2, 2, name="", rng=0), name=""),
+                              mx.nn.Dense(2, 2, name="", rng=1))
+    with pytest.raises(ValueError, match="'kernel'.*duplicate layer name"):
+        leaves.state_dict()
+    # weightless layers with one name are still two layers at one path
+    acts = mx.nn.Sequential(mx.nn.Sequential(mx.nn.ReLU(name="act"), name=""), mx.nn.ReLU(name="act"))
+    with pytest.raises(ValueError, match="'act'"):
+        acts.named_modules()
+
+
+def test_unique_names_and_reused_names_at_other_paths_are_fine():
+    model = mx.nn.Sequential(mx.nn.Sequential(mx.nn.Dense(2, 2, name="fc", rng=0), name="b1"),
+                             mx.nn.Sequential(mx.nn.Dense(2, 2, name="fc", rng=1), name="b2"))
+    assert set(model.state_dict()) == {"b1/fc/kernel", "b1/fc/bias", "b2/fc/kernel", "b2/fc/bias"}
+    relu = mx.nn.ReLU(name="act")             # one layer object at two indices is not a duplicate name
+    assert len(mx.nn.Sequential(mx.nn.Sequential(relu), mx.nn.Sequential(relu)).named_modules()) == 5

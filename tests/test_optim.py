@@ -7,6 +7,8 @@ import pytest
 import minixception as mx
 from minixception.optim import SGD, Constant, Cosine, StepDecay, make_schedule
 
+from .helpers import FakeGpuArray, fake_gpu
+
 
 def model(seed=0):
     r = np.random.default_rng(seed)
@@ -159,3 +161,88 @@ def test_make_schedule():
     assert math.isclose(make_schedule("cosine", 0.2, total_epochs=4)(4), 0.0)
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule("linear", 0.1)
+
+
+# ---------------------------------------------------------------- momentum follows the model
+def _momentum_run(m, steps, seed=5):
+    opt = SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    g = np.random.default_rng(seed)
+    for _ in range(steps):
+        random_grads(m, g)
+        opt.step()
+    return opt, g
+
+
+def test_momentum_is_cast_with_the_model_and_kept():
+    """Train in float32, cast the model to float64: the momentum is cast exactly, not reset, and
+    the next step is the float64 step from those buffers."""
+    m = model().to(dtype="float32")
+    opt, g = _momentum_run(m, 3)
+    before = [b.copy() for b in opt.buffers]
+    assert all(b.dtype == np.float32 for b in before)
+    m.to(dtype="float64")
+    for p, b, b0 in zip(m.parameters(), opt.buffers, before):
+        assert b.dtype == np.float64 == p.data.dtype
+        np.testing.assert_array_equal(b, b0.astype(np.float64))          # exact: float32 -> float64
+    # one more step, checked against the update rule by hand
+    random_grads(m, g)
+    expect = []
+    for p, b in zip(m.parameters(), opt.buffers):
+        grad = p.grad + (1e-3 * p.data if p.regularize else 0)
+        expect.append(p.data - 0.05 * (0.9 * b + grad))
+    opt.step()
+    for (name, p), e in zip(m.named_parameters(), expect):
+        assert p.data.dtype == np.float64
+        np.testing.assert_allclose(p.data, e, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_momentum_moves_with_the_model_to_another_device(monkeypatch):
+    """Through a pretend GPU (tests/helpers.fake_gpu): the buffers move with the parameters and
+    the momentum survives the round trip and a step on the other device."""
+    m, twin = model(), model()
+    opt, g = _momentum_run(m, 3)
+    twin_opt, _ = _momentum_run(twin, 3)
+    with fake_gpu(monkeypatch):
+        m.to("gpu")
+        assert all(isinstance(b, FakeGpuArray) for b in opt.buffers)
+        assert all(isinstance(p.data, FakeGpuArray) for p in m.parameters())
+        grads = [np.random.default_rng(9).standard_normal(p.shape) for p in m.parameters()]
+        for p, t, gr in zip(m.parameters(), twin.parameters(), grads):
+            p.grad[...] = gr
+            t.grad[...] = gr
+        opt.step()                      # on the "GPU"
+        twin_opt.step()                 # on the CPU
+        m.to("cpu")
+    for (name, p), t, b, tb in zip(m.named_parameters(), twin.parameters(), opt.buffers, twin_opt.buffers):
+        assert type(p.data) is np.ndarray and type(b) is np.ndarray
+        np.testing.assert_array_equal(p.data, t.data, err_msg=name)
+        np.testing.assert_array_equal(b, tb, err_msg=name)
+
+
+def test_a_buffer_left_behind_is_refused_not_reset():
+    m = model()
+    opt, g = _momentum_run(m, 2)
+    p = m.parameters()[0]
+    p.data = p.data.astype(np.float32)        # changed behind the model's back, not through .to()
+    p.grad = p.grad.astype(np.float32)
+    with pytest.raises(RuntimeError, match="momentum buffer of parameter 0.*float64.*float32.*model.to"):
+        opt.step()
+
+
+@pytest.mark.gpu
+def test_momentum_moves_with_the_model_to_the_gpu_and_back():
+    m, twin = model(), model()
+    opt, g = _momentum_run(m, 3)
+    twin_opt, _ = _momentum_run(twin, 3)
+    m.to("gpu")
+    assert all(mx.backend.device_of(b) == "gpu" for b in opt.buffers)
+    grads = [np.random.default_rng(9).standard_normal(p.shape) for p in m.parameters()]
+    for p, t, gr in zip(m.parameters(), twin.parameters(), grads):
+        p.grad[...] = mx.backend.to_device(gr, "gpu")
+        t.grad[...] = gr
+    opt.step()
+    twin_opt.step()
+    m.to("cpu")
+    for (name, p), t, b, tb in zip(m.named_parameters(), twin.parameters(), opt.buffers, twin_opt.buffers):
+        np.testing.assert_allclose(p.data, t.data, rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(b, tb, rtol=1e-12, err_msg=name)

@@ -317,4 +317,5 @@ class Flatten(Module):
         return y
 
     def backward(self, dy):
-        return dy.reshape(self._take_cache(dy))
+        x_shape = self._take_cache(dy)       # checks dy before it is touched
+        return dy.reshape(x_shape)
