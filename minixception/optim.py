@@ -21,6 +21,25 @@ import math
 from .backend import device_of, to_device
 
 
+def sgd_update(w, grad, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0, regularize=True):
+    """One parameter's SGD step, in place on ``w``; returns its momentum buffer (None without momentum).
+
+    ``buf`` is None on the first step (the buffer starts as the gradient).
+    """
+    g = grad
+    if weight_decay and regularize:
+        g = g + weight_decay * w
+    if momentum:
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf *= momentum
+            buf += g
+        g = g + momentum * buf if nesterov else buf
+    w -= lr * g
+    return buf
+
+
 class SGD:
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         params = list(params)
@@ -45,19 +64,13 @@ class SGD:
 
     def step(self):
         for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay and p.regularize:
-                g = g + self.weight_decay * p.data
-            if self.momentum:
-                buf = p.state.get(_BUFFER)
-                if buf is None:                         # the first step
-                    buf = p.state[_BUFFER] = g.copy()
-                else:
-                    _check_buffer(i, buf, p)
-                    buf *= self.momentum
-                    buf += g
-                g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= self.lr * g
+            buf = p.state.get(_BUFFER)
+            if buf is not None:
+                _check_buffer(i, buf, p)
+            buf = sgd_update(p.data, p.grad, buf, self.lr, self.momentum, self.nesterov,
+                             self.weight_decay, p.regularize)
+            if buf is not None:
+                p.state[_BUFFER] = buf
         self.steps += 1
 
     # -- state, for checkpoints ---------------------------------------------------------

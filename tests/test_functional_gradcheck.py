@@ -1,9 +1,8 @@
 """Every functional op and every layer, proven by central differences (float64).
 
-Conventions (DESIGN.md, "Testing conventions"): h = 1e-5, a random upstream
-gradient dy, loss sum(y * dy), relative error max|a-n| / max(1e-8, |a|+|n|):
-below 1e-7 for smooth ops, below 1e-5 for ReLU / max pool with inputs kept off
-their kinks, sampled coordinates for whole residual blocks.
+Conventions: h = 1e-5, a random upstream gradient dy, loss sum(y * dy), relative
+error max|a-n| / max(1e-8, |a|+|n|): below 1e-7 for smooth ops, below 1e-5 for ReLU /
+max pool with inputs kept off their kinks, sampled coordinates for whole residual blocks.
 
 The same table of op cases (``OP_CASES``) also drives the float32-vs-float64
 comparison, the dtype and "dy is never written into" checks here, and the CuPy
@@ -22,7 +21,7 @@ from minixception import functional as F
 from minixception.backend import get_array_module
 from minixception.gradcheck import check_function, check_layer, rel_error
 
-SMOOTH = 1e-7     # DESIGN.md threshold for smooth single ops
+SMOOTH = 1e-7     # the threshold for smooth single ops
 KINK = 1e-5       # ReLU / max pool (inputs off the kinks)
 LOCAL, REDUCTION = 1e-4, 1e-3   # float32 vs float64 tolerances
 

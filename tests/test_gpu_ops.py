@@ -4,7 +4,7 @@ All tests here carry ``@pytest.mark.gpu``: they skip without CuPy and a CUDA GPU
 (tests/conftest.py) and run with ``bench/gpu_check.sh`` on a GPU machine.
 
 float32 CuPy results are compared with the float64 NumPy analytic results
-(rel. error < 1e-4 for local ops, < 1e-3 for reductions, DESIGN.md); float64 CuPy
+(rel. error < 1e-4 for local ops, < 1e-3 for reductions); float64 CuPy
 with float64 NumPy much tighter (same math, different summation order).
 """
 import numpy as np

@@ -2,7 +2,7 @@
 
 ``KERAS_LAYERS`` is Keras 3's ``keras.applications.Xception()`` (weights=None, 299x299x3) written
 out from ``model.layers``: (name, class, output shape without the batch, ((weight, shape), ...)).
-It is the independent oracle here (copied from ../shared/reference/keras_xception_layers.txt), and
+It is the independent oracle here (written out once, with Keras, and kept in this file), and
 the layer order that Keras's legacy HDF5 weight files follow. Keras auto-names the four shortcut
 convolutions and their BNs; ours are ``block{2,3,4,13}_shortcut`` / ``_shortcut_bn``.
 """

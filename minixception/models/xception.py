@@ -26,9 +26,9 @@ from ..nn.init import as_generator
 # Keras's Xception, as (stem, entry widths, middle width, exit block widths, final widths).
 KERAS_SPEC = dict(stem=(32, 64), entry=(128, 256, 728), middle=728, exit=(728, 1024), final=(1536, 2048))
 # The small CIFAR-sized variant (width=1.0): stride-1 stem, two entry blocks (32 -> 16 -> 8),
-# middle flow at 8x8, exit block to 4x4. Sized so that a batch-64 training step takes about
-# 0.4 s of one CPU core (most of it in the 32x32 stage); width=4 gives a ~1.6M-parameter model
-# for a GPU.
+# middle flow at 8x8, exit block to 4x4. Sized to train on a laptop CPU (most of a step's work
+# is in the 32x32 stage; the README's speed section has the measured times); width=4 gives a
+# ~1.6M-parameter model for a GPU.
 MINI_SPEC = dict(stem=(8, 16), entry=(32, 64), middle=64, exit=(64, 128), final=(128, 192))
 
 
@@ -202,8 +202,8 @@ def mini_xception(num_classes=10, width=1.0, middle_blocks=2, residual=True, int
         stem 8, 16 (32x32) -> entry 32 (16x16), 64 (8x8) -> middle_blocks x 64 (8x8)
         -> exit 64, 128 (4x4) -> final 128, 192 -> pool -> dense          (~110k parameters)
 
-    ``width`` multiplies every channel count: the default trains on a 2-core CPU (about 0.4 s of
-    CPU time per batch-64 step); ``width=4`` (~1.6M parameters) is a stronger model for a GPU.
+    ``width`` multiplies every channel count: the default trains on a small CPU (the README's speed
+    section has measured step times); ``width=4`` (~1.6M parameters) is a stronger model for a GPU.
     """
     return XceptionNet(MINI_SPEC, num_classes=num_classes, include_top=True, input_shape=input_shape,
                        residual=residual, intermediate=intermediate, dropout=dropout,

@@ -53,10 +53,16 @@ class OpLayer(Module):
     def grad_targets(self) -> tuple:
         return ()
 
+    def select_kernel(self, x, args) -> kernels.Kernel:
+        """The implementation to run: the kernel table's choice for ``op``. A subclass may return
+        its own ``kernels.Kernel`` with the op's signatures (a batch norm whose statistics are
+        reduced across processes, say) and still share this forward/backward path."""
+        return kernels.select(self.op, x, *args)
+
     def forward(self, x):
         self._check_input_device(x)
         args = self.op_arguments(x)
-        impl = kernels.select(self.op, x, *args)
+        impl = self.select_kernel(x, args)
         y, cache = impl.forward(x, *args)
         if self.bias is not None:
             y = y + self.bias.data       # out of place: an op may keep its output in its cache
