@@ -3,19 +3,10 @@
 Tests marked ``@pytest.mark.gpu`` need CuPy *and* a usable CUDA GPU; they are
 skipped otherwise (``bench/gpu_check.sh`` runs them on a GPU machine).
 """
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
 import minixception as mx
-
-# test modules share helpers (``from test_functional_gradcheck import OP_CASES``,
-# ``from cupy_standin import ...``): make tests/ importable under any --import-mode
-_TESTS = str(pathlib.Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
 
 
 def pytest_configure(config):

@@ -7,7 +7,7 @@ import pytest
 import minixception as mx
 from minixception.checkpoint import MARKER, CheckpointError, read_meta, rng_from_state
 
-from _tiny import params_of, tiny_model
+from helpers import params_of, tiny_model
 
 
 def _trained(seed=0):

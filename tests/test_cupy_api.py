@@ -4,7 +4,7 @@
     ``xp.lib.stride_tricks...``, and ``cp.<name>`` in the backend) exists in ``cupy``,
     which imports fine without a GPU.
 (b) The layer tests run again with an array module that is NumPy restricted to the
-    names CuPy has (tests/cupy_standin.py): a numpy-only name used through ``xp``
+    names CuPy has (``CupyStandin`` in tests/helpers.py): a numpy-only name used through ``xp``
     raises AttributeError, and the results must equal the plain NumPy run bit for bit.
 (c) The stand-in really refuses numpy-only names, so (b) can fail.
 """
@@ -21,9 +21,9 @@ cupy = pytest.importorskip("cupy")
 
 import minixception as mx  # noqa: E402
 from minixception import backend  # noqa: E402
-from cupy_standin import CupyStandin, make_standin  # noqa: E402
-from test_functional_gradcheck import (OP_CASES, _layers, _INPUTS, _randomise_bn, case_inputs,  # noqa: E402
-                                       run_case, xception_entry_block, xception_middle_block)
+
+from helpers import (CupyStandin, INPUTS, OP_CASES, case_inputs, layer_cases, make_standin, randomise_bn,  # noqa: E402
+                     run_case, xception_entry_block, xception_middle_block)
 
 PACKAGE = pathlib.Path(mx.__file__).parent
 ARRAY_MODULE_NAMES = {"xp", "cp"}     # how the package names the array module (cp: CuPy itself, in backend)
@@ -116,14 +116,14 @@ def test_ops_with_cupy_names_only(case):
         np.testing.assert_array_equal(a, b)
 
 
-LAYERS = _layers()
+LAYERS = layer_cases()
 
 
 @pytest.mark.parametrize("lid,factory,shape,tol,kind", LAYERS, ids=[l[0] for l in LAYERS])
 def test_layers_with_cupy_names_only(lid, factory, shape, tol, kind):
     def run():
         layer = factory()
-        x = _INPUTS[kind](np.random.default_rng(4), shape)
+        x = INPUTS[kind](np.random.default_rng(4), shape)
         y = layer(x)
         dx = layer.backward(np.random.default_rng(5).standard_normal(y.shape))
         return [y, dx] + [p.grad for p in layer.parameters()] + list(layer.state_dict().values())
@@ -140,7 +140,7 @@ def test_layers_with_cupy_names_only(lid, factory, shape, tol, kind):
 def test_xception_blocks_and_sgd_with_cupy_names_only(block, training):
     def run():
         model = xception_entry_block() if block == "entry" else xception_middle_block()
-        _randomise_bn(model)
+        randomise_bn(model)
         model.train(training)
         x = np.random.default_rng(3).standard_normal((2, 6, 6, 4) if block == "entry" else (2, 5, 5, 6))
         y = model(x)

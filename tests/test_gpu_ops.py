@@ -13,8 +13,9 @@ import pytest
 import minixception as mx
 from minixception.backend import to_device, to_numpy
 from minixception.gradcheck import check_layer, rel_error
-from test_functional_gradcheck import (OP_CASES, REDUCTION, _INPUTS, _layers, _randomise_bn, case_inputs,
-                                       run_case, xception_entry_block, xception_middle_block)
+
+from helpers import (INPUTS, OP_CASES, REDUCTION, case_inputs, layer_cases, randomise_bn, run_case,
+                     xception_entry_block, xception_middle_block)
 
 pytestmark = pytest.mark.gpu
 
@@ -62,7 +63,7 @@ def test_dropout_on_gpu_mask_semantics():
     np.testing.assert_allclose(to_numpy(mx.functional.dropout_backward(dy, mask)), kept / 0.75, rtol=1e-6)
 
 
-LAYERS = _layers()
+LAYERS = layer_cases()
 
 
 @pytest.mark.parametrize("lid,factory,shape,tol,kind", LAYERS, ids=[l[0] for l in LAYERS])
@@ -70,7 +71,7 @@ def test_layer_to_gpu_and_back(lid, factory, shape, tol, kind):
     cpu, gpu = factory(), factory()
     assert gpu.to("gpu") is gpu
     assert_on_gpu([p.data for p in gpu.parameters()] + [p.grad for p in gpu.parameters()])
-    x = _INPUTS[kind](np.random.default_rng(4), shape)
+    x = INPUTS[kind](np.random.default_rng(4), shape)
     y_cpu = cpu(x)
     y_gpu = gpu(to_device(x, "gpu"))
     assert_on_gpu([y_gpu])
@@ -108,7 +109,7 @@ def test_xception_block_cupy_float32_vs_numpy_float64(block, training):
     results = []
     for device, dtype in (("cpu", "float64"), ("gpu", "float32")):
         model = xception_entry_block() if block == "entry" else xception_middle_block()
-        _randomise_bn(model)
+        randomise_bn(model)
         model.train(training).to(device, dtype)
         y = model(to_device(x.astype(dtype), device))
         dy = to_device(np.random.default_rng(6).standard_normal(y.shape).astype(dtype), device)

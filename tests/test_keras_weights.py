@@ -17,7 +17,8 @@ h5py = pytest.importorskip("h5py")
 
 import minixception as mx  # noqa: E402
 from minixception.models import keras_weights as kw  # noqa: E402
-from test_keras_reference import KERAS_LAYERS, our_name  # noqa: E402
+
+from helpers import KERAS_LAYERS, our_name  # noqa: E402
 
 # Keras-1 class names and weight suffixes, per Keras 3 class of the reference table
 OLD_CLASS = {"InputLayer": "input", "Conv2D": "convolution2d", "SeparableConv2D": "separableconvolution2d",

@@ -14,7 +14,8 @@ import minixception as mx
 from minixception import kernels
 from minixception.kernels import Kernel
 
-from .helpers import FakeGpuArray, fake_gpu
+from helpers import FakeGpuArray, fake_gpu
+
 
 F32 = "float32"
 

@@ -7,7 +7,7 @@ import pytest
 import minixception as mx
 from minixception.optim import SGD, Constant, Cosine, StepDecay, make_schedule
 
-from .helpers import FakeGpuArray, fake_gpu
+from helpers import FakeGpuArray, fake_gpu
 
 
 def model(seed=0):

@@ -7,7 +7,8 @@ import pytest
 import minixception as mx
 from minixception.train import NonFiniteLoss, fit, read_metrics
 
-from _tiny import params_of, tiny_data, tiny_model
+from helpers import params_of, tiny_data, tiny_model
+
 
 FAST = dict(batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, progress=False)
 

@@ -1,1 +1,0 @@
-"""The test suite (a package, so test files share tests/helpers.py by relative import)."""
