@@ -108,8 +108,3 @@ def to_numpy(x):
     if is_gpu_array(x):
         return x.get()
     return np.asarray(x)
-
-
-def xp_for(device: str):
-    """The array module that holds arrays on ``device``."""
-    return _require_gpu() if check_device(device) == "gpu" else np

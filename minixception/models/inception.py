@@ -118,11 +118,6 @@ class SimplifiedInception(nn.Concat):
         self.towers = towers
         self.out_channels = towers * out_channels
 
-    def tower_units(self, t):
-        """(1x1 unit, 3x3 unit) of tower t."""
-        branch = self.children()[t]
-        return branch[0], branch[1]
-
 
 # ---------------------------------------------------------------------------------------------
 # Figure 3: the strict reformulation (one big 1x1, grouped 3x3)

@@ -236,11 +236,7 @@ class Module:
                 p.to(device, dtype)
             for k, b in list(m._buffers.items()):
                 m._buffers[k] = _move(b, device, dtype)
-            m._on_moved()
         return self
-
-    def _on_moved(self):
-        """Hook for layers that hold device-specific state (e.g. a dropout generator)."""
 
     # -- state dicts ------------------------------------------------------------------------
     def state_dict(self):
