@@ -55,8 +55,9 @@ class SGD:
 
     @property
     def buffers(self):
-        """The momentum buffers, one per parameter (None before its first step); read-only view."""
-        return [p.state.get(_BUFFER) for p in self.params]
+        """The momentum buffers, one per parameter (None before its first step). A read-only tuple:
+        the buffers live on the parameters (``p.state``), so assigning here could not stick."""
+        return tuple(p.state.get(_BUFFER) for p in self.params)
 
     def zero_grad(self):
         for p in self.params:
