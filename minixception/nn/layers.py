@@ -91,7 +91,10 @@ class OpLayer(Module):
 
 
 class Conv2D(OpLayer):
-    """Regular (groups=1) or grouped convolution. kernel: (kh, kw, in // groups, out), bias: (out,)."""
+    """Regular (groups=1) or grouped convolution. kernel: (kh, kw, in // groups, out), bias: (out,).
+
+    x: (N, H, W, in) -> y: (N, Ho, Wo, out).
+    """
 
     op = "conv2d"
 
@@ -119,7 +122,7 @@ class Conv2D(OpLayer):
 
 
 class DepthwiseConv2D(OpLayer):
-    """One kh x kw filter per channel. depthwise_kernel: (kh, kw, C, 1)."""
+    """One kh x kw filter per channel. depthwise_kernel: (kh, kw, C, 1). x: (N, H, W, C) -> (N, Ho, Wo, C)."""
 
     op = "depthwise_conv2d"
 
@@ -140,7 +143,7 @@ class DepthwiseConv2D(OpLayer):
 
 
 class PointwiseConv2D(OpLayer):
-    """1x1 convolution, one GEMM. pointwise_kernel: (1, 1, in, out)."""
+    """1x1 convolution, one GEMM. pointwise_kernel: (1, 1, in, out). x: (N, H, W, in) -> (N, H, W, out)."""
 
     op = "pointwise_conv2d"
 
@@ -163,7 +166,7 @@ class SeparableConv2D(OpLayer):
     """Depthwise kh x kw, [optional ReLU/ELU], then pointwise 1x1 (Keras's SeparableConv2D).
 
     Parameters: ``depthwise_kernel (kh, kw, in, 1)``, ``pointwise_kernel (1, 1, in, out)``,
-    and ``bias (out,)`` when ``use_bias``.
+    and ``bias (out,)`` when ``use_bias``. x: (N, H, W, in) -> y: (N, Ho, Wo, out).
     """
 
     op = "separable_conv2d"
@@ -194,7 +197,8 @@ class SeparableConv2D(OpLayer):
 class BatchNorm2D(OpLayer):
     """Batch norm over N, H, W per channel. gamma, beta trained; moving_mean, moving_variance buffers.
 
-    In training mode the op updates the moving statistics in place.
+    x: (N, H, W, C) -> y: (N, H, W, C). In training mode the op updates the moving statistics
+    in place.
     """
 
     op = "batchnorm"
@@ -225,10 +229,14 @@ class BatchNorm2D(OpLayer):
 
 
 class ReLU(OpLayer):
+    """max(x, 0), element-wise; any shape."""
+
     op = "relu"
 
 
 class ELU(OpLayer):
+    """x if x > 0 else alpha * (exp(x) - 1), element-wise; any shape."""
+
     op = "elu"
 
     def __init__(self, alpha=1.0, name=None):
@@ -240,6 +248,8 @@ class ELU(OpLayer):
 
 
 class MaxPool2D(OpLayer):
+    """Max over each pool_size window. x: (N, H, W, C) -> (N, Ho, Wo, C)."""
+
     op = "maxpool2d"
 
     def __init__(self, pool_size=3, stride=2, padding="same", name=None):
@@ -251,7 +261,7 @@ class MaxPool2D(OpLayer):
 
 
 class AvgPool2D(OpLayer):
-    """Average pool; padding excluded from the count (Keras)."""
+    """Average pool; padding excluded from the count (Keras). x: (N, H, W, C) -> (N, Ho, Wo, C)."""
 
     op = "avgpool2d"
 
@@ -270,7 +280,7 @@ class GlobalAvgPool2D(OpLayer):
 
 
 class Dense(OpLayer):
-    """y = x @ kernel + bias. kernel: (in, out), bias: (out,)."""
+    """y = x @ kernel + bias. kernel: (in, out), bias: (out,). x: (N, in) -> y: (N, out)."""
 
     op = "dense"
 
@@ -290,7 +300,7 @@ class Dense(OpLayer):
 
 
 class Dropout(OpLayer):
-    """Inverted dropout with its own seeded generator; the identity in eval mode."""
+    """Inverted dropout with its own seeded generator; the identity in eval mode. Any shape."""
 
     op = "dropout"
 
