@@ -133,7 +133,7 @@ class Module:
                 f"{self._label()}: backward() called before forward() (or twice for one forward, "
                 "or after a forward in inference_mode()); run forward first")
         cache, expected = self._cache
-        expected.check(dy, self._label())
+        expected.check(dy, self)
         self._cache = None
         return cache
 
@@ -317,20 +317,25 @@ class _Expected:
     def describe(self):
         return f"a {_DEVICE_WORDS[self.device]} {self.dtype} array of shape {self.shape}"
 
-    def check(self, dy, label):
-        """Raise TypeError (not an array, wrong device or dtype) or ValueError (wrong shape)."""
-        want = f"{label}.backward: expected dy like the forward's output, {self.describe()}"
+    def check(self, dy, module):
+        """Raise TypeError (not an array, wrong device or dtype) or ValueError (wrong shape).
+
+        Runs on every backward, so the message is only built when something is wrong."""
         if not (hasattr(dy, "shape") and hasattr(dy, "dtype")):
-            raise TypeError(f"{want}; got {type(dy).__name__}")
+            raise TypeError(f"{self._want(module)}; got {type(dy).__name__}")
         device = device_of(dy)
         if device != self.device:
-            raise TypeError(f"{want}; got a {_DEVICE_WORDS[device]} array (move it with .to / to_device)")
+            raise TypeError(f"{self._want(module)}; got a {_DEVICE_WORDS[device]} array "
+                            "(move it with .to / to_device)")
         if dy.dtype != self.dtype:
             # a silent promotion would turn a float32 model's gradients into float64 ones, and a
             # hand-written CUDA kernel would read the bytes as the wrong type
-            raise TypeError(f"{want}; got dtype {dy.dtype}")
-        if tuple(dy.shape) != self.shape:
-            raise ValueError(f"{want}; got shape {tuple(dy.shape)}")
+            raise TypeError(f"{self._want(module)}; got dtype {dy.dtype}")
+        if dy.shape != self.shape:
+            raise ValueError(f"{self._want(module)}; got shape {tuple(dy.shape)}")
+
+    def _want(self, module):
+        return f"{module._label()}.backward: expected dy like the forward's output, {self.describe()}"
 
 
 _DEVICE_WORDS = {"cpu": "NumPy (CPU)", "gpu": "CuPy (GPU)"}
