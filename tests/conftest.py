@@ -1,19 +1,13 @@
-"""Shared test set-up: the ``gpu`` marker and seeded random generators.
+"""Shared test set-up: skipping ``gpu`` tests without a GPU, and seeded random generators.
 
 Tests marked ``@pytest.mark.gpu`` need CuPy *and* a usable CUDA GPU; they are
-skipped otherwise (``bench/gpu_check.sh`` runs them on a GPU machine).
+skipped otherwise (``bench/gpu_check.sh`` runs them on a GPU machine). The markers are declared
+in pyproject.toml; what the test files share is in helpers.py.
 """
 import numpy as np
 import pytest
 
 import minixception as mx
-
-
-def pytest_configure(config):
-    # also declared in pyproject.toml; repeated here so the marker is known when the
-    # tests are run from a checkout whose pyproject lacks it
-    config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA GPU (skipped otherwise)")
-    config.addinivalue_line("markers", "slow: longer tests")
 
 
 def pytest_collection_modifyitems(config, items):
