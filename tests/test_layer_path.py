@@ -199,3 +199,33 @@ def test_dy_error_names_the_layer(rng):
 
 def re_tuple(shape):
     return r"\(" + r",\s*".join(str(s) for s in shape) + r",?\)"
+
+
+def test_a_whole_model_refuses_a_wrong_dy_before_any_layer_runs(rng):
+    model = mx.models.mini_xception(num_classes=3, width=0.25, rng=0)
+    logits = model(rng.standard_normal((2, 32, 32, 3)).astype(F32))
+    with pytest.raises(TypeError, match=r"mini_xception.*float32.*got dtype float64"):
+        model.backward(np.ones(logits.shape))
+    with pytest.raises(ValueError, match=r"mini_xception.*shape \(2, 3\).*got shape \(2, 4\)"):
+        model.backward(np.ones((2, 4), F32))
+    assert all(not p.grad.any() for p in model.parameters())
+    assert all(m.holds_cache for m in model.modules() if m.children() or m.named_parameters(recurse=False))
+    model.backward(np.ones_like(logits))           # the right dy still goes through
+    assert not any(m.holds_cache for m in model.modules())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lid,factory,shape", all_layers(), ids=ALL_IDS)
+def test_backward_on_the_gpu_refuses_a_host_or_float64_dy(lid, factory, shape):
+    import cupy as cp
+    layer = factory().to("gpu")
+    y = layer(cp.asarray(np.random.default_rng(3).standard_normal(shape).astype(F32)))
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__}.*CuPy \(GPU\).*got a NumPy \(CPU\) array"):
+        layer.backward(np.ones(y.shape, F32))
+    with pytest.raises(TypeError, match=rf"{type(layer).__name__}.*got dtype float64"):
+        layer.backward(cp.ones(y.shape, "float64"))
+    with pytest.raises(ValueError, match=type(layer).__name__):
+        layer.backward(cp.ones(y.shape[:-1] + (y.shape[-1] + 1,), F32))
+    for k, p in layer.named_parameters():
+        assert not p.grad.any(), k
+    layer.backward(cp.ones_like(y))
