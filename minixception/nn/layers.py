@@ -147,13 +147,17 @@ class SeparableConv2D(Module):
 
 
 class BatchNorm2D(Module):
-    """Batch norm over N, H, W per channel. gamma, beta trained; moving_mean, moving_variance buffers."""
+    """Batch norm over N, H, W per channel. gamma, beta trained; moving_mean, moving_variance buffers.
 
-    def __init__(self, channels, eps=1e-3, momentum=0.99, name=None, dtype="float32"):
+    ``scale=False`` (Keras's option, used by Inception V3) drops gamma: the scale is fixed at 1,
+    because the ReLU that follows is scale-equivariant and the next conv can absorb a scale.
+    """
+
+    def __init__(self, channels, eps=1e-3, momentum=0.99, scale=True, name=None, dtype="float32"):
         super().__init__(name)
         _check_positive("channels", channels)
         self.channels, self.eps, self.momentum = channels, eps, momentum
-        self.gamma = self.add_parameter("gamma", np.ones(channels, dtype), regularize=False)
+        self.gamma = self.add_parameter("gamma", np.ones(channels, dtype), regularize=False) if scale else None
         self.beta = self.add_parameter("beta", np.zeros(channels, dtype), regularize=False)
         self.add_buffer("moving_mean", np.zeros(channels, dtype))
         self.add_buffer("moving_variance", np.ones(channels, dtype))
@@ -168,14 +172,16 @@ class BatchNorm2D(Module):
 
     def forward(self, x):
         self._check_input_device(x)
-        y, cache = F.batchnorm_forward(x, self.gamma.data, self.beta.data, self.moving_mean,
+        gamma = self.gamma.data if self.gamma is not None else get_array_module(x).ones_like(self.beta.data)
+        y, cache = F.batchnorm_forward(x, gamma, self.beta.data, self.moving_mean,
                                        self.moving_variance, self.training, self.momentum, self.eps)
         self._keep(cache)
         return y
 
     def backward(self, dy):
         dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache())
-        self.gamma.grad += dgamma
+        if self.gamma is not None:
+            self.gamma.grad += dgamma
         self.beta.grad += dbeta
         return dx
 
