@@ -176,3 +176,61 @@ def test_cupy_follows_the_parameters_device():
     assert all(p.data is a for p, a in zip(gpu.parameters(), arrays))
     sd = a_gpu.state_dict()
     assert all(isinstance(v, np.ndarray) for v in sd["averages"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer: --polyak evaluates both, writes its columns, checkpoints the averages, resumes exactly
+# ---------------------------------------------------------------------------------------------
+def test_fit_with_polyak_columns_and_exact_resume(tmp_path):
+    import csv
+    from minixception.checkpoint import read_checkpoint
+    from minixception.train import fit, read_metrics
+    from _tiny import params_of, tiny_data, tiny_model
+
+    data = tiny_data(64, 16)
+    kw = dict(batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, progress=False, verbose=False,
+              schedule="step", seed=1, polyak=0.9)
+    full = tiny_model(0)
+    h_full = fit(full, data, tmp_path / "full", epochs=2, **kw)
+    with open(tmp_path / "full" / "metrics.csv") as f:
+        header = next(csv.reader(f))
+    assert header[-2:] == ["polyak_test_loss", "polyak_test_acc"]
+    rows = read_metrics(tmp_path / "full" / "metrics.csv")
+    assert [r["polyak_test_acc"] for r in rows] == [r["polyak_test_acc"] for r in h_full]
+    assert all(r["polyak_test_loss"] != r["test_loss"] for r in rows)    # other weights, other loss
+    _, _, meta = read_checkpoint(tmp_path / "full" / "checkpoint.npz")
+    assert meta["polyak"] == {"decay": 0.9, "updates": 8}               # 4 steps per epoch
+    saved = {k[len("polyak/"):]: v for k, v in meta["_extra"].items()}
+    assert set(saved) == {n for n, _ in full.named_parameters()}
+
+    # the averaged evaluation equals evaluating a model that holds the saved averages
+    from minixception.data.iterator import channel_stats
+    from minixception.train import evaluate
+    probe = tiny_model(0)
+    probe.load_state_dict({**full.state_dict(), **saved})
+    mean, std = channel_stats(data["x_train"])
+    loss, acc = evaluate(probe, data["x_test"], np.asarray(data["y_test"], dtype=np.int64), 16, mean, std)
+    assert (loss, acc) == pytest.approx((rows[-1]["polyak_test_loss"], rows[-1]["polyak_test_acc"]), rel=1e-6)
+
+    # interrupted mid-epoch 2, resumed: weights, averages and metrics identical
+    part = tiny_model(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, data, tmp_path / "cut", epochs=2, interrupt_after_steps=6, **kw)
+    resumed = tiny_model(7)
+    h_res = fit(resumed, data, tmp_path / "cut", epochs=2, resume=tmp_path / "cut" / "checkpoint.npz", **kw)
+    for k, v in params_of(full).items():
+        np.testing.assert_array_equal(resumed.state_dict()[k], v, err_msg=k)
+    _, _, meta2 = read_checkpoint(tmp_path / "cut" / "checkpoint.npz")
+    assert meta2["polyak"] == meta["polyak"]
+    for k, v in meta["_extra"].items():
+        np.testing.assert_array_equal(meta2["_extra"][k], v, err_msg=k)
+    assert [r["polyak_test_loss"] for r in h_res] == [r["polyak_test_loss"] for r in h_full]
+    assert (tmp_path / "cut" / "curves.png").stat().st_size > 1000
+
+
+def test_fit_without_polyak_keeps_the_plain_columns(tmp_path):
+    from minixception.train import FIELDS, fit
+    from _tiny import tiny_data, tiny_model
+    hist = fit(tiny_model(0), tiny_data(32, 16), tmp_path, epochs=1, batch_size=16, progress=False, verbose=False)
+    assert set(hist[0]) == set(FIELDS)
+    assert "polyak" not in mx.checkpoint.read_meta(tmp_path / "checkpoint.npz")
