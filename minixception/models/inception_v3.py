@@ -201,6 +201,45 @@ class InceptionV3(nn.Sequential):
         return [(m.name, m) for m in self.modules() if not m._children and m is not self]
 
 
+class UpsampleNearest(nn.Module):
+    """Repeat every pixel ``factor`` x ``factor`` times (nearest neighbour): (N, H, W, C) -> (N, kH, kW, C).
+
+    Lets a 75x75-minimum network train on 32x32 images (``train --model inceptionv3``: 32 -> 96).
+    Backward: each input pixel fed ``factor**2`` outputs, so its gradient is the sum over its block.
+    """
+
+    def __init__(self, factor, name="upsample"):
+        super().__init__(name)
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"factor must be a positive int, got {factor!r}")
+        self.factor = factor
+
+    def forward(self, x):
+        k = self.factor
+        self._keep(x.shape)
+        return x.repeat(k, axis=1).repeat(k, axis=2)
+
+    def backward(self, dy):
+        n, h, w, c = self._take_cache()
+        k = self.factor
+        return dy.reshape(n, h, k, w, k, c).sum(axis=(2, 4))
+
+
+def for_small_images(input_shape, **kwargs):
+    """``InceptionV3`` for images smaller than 75x75 (CIFAR-10's 32x32): a nearest-neighbour
+    upsampling by the smallest integer factor that reaches 75 (32 -> 96), then the network.
+    Keys stay Keras's (the upsampling has no weights)."""
+    h, w, c = _check_shape(input_shape)
+    k = max(1, -(-75 // min(h, w)))
+    net = InceptionV3(input_shape=(h * k, w * k, c), **kwargs)
+    if k == 1:
+        return net
+    net.name = ""                            # transparent: keys stay "conv2d/kernel", not "inception_v3/..."
+    model = nn.Sequential(UpsampleNearest(k), net, name="inception_v3")
+    model.input_shape, model.config = (h, w, c), dict(net.config, upsample=k)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # the paper's 23,626,728: candidate explanations, computed exactly
 # ---------------------------------------------------------------------------------------------
@@ -236,4 +275,5 @@ def paper_count_candidates():
     return rows
 
 
-__all__ = ["InceptionV3", "KERAS_COUNTS", "PAPER_PARAMS", "paper_count_candidates"]
+__all__ = ["InceptionV3", "UpsampleNearest", "for_small_images", "KERAS_COUNTS", "PAPER_PARAMS",
+           "paper_count_candidates"]

@@ -230,7 +230,7 @@ class Xception(XceptionNet):
 
 
 def mini_xception(num_classes=10, width=1.0, middle_blocks=2, residual=True, intermediate=None,
-                  dropout=0.0, rng=None, dtype="float32", input_shape=(32, 32, 3)):
+                  dropout=0.0, rng=None, dtype="float32", input_shape=(32, 32, 3), fc_layers=()):
     """A small Xception for 32x32 images (CIFAR-10, the built-in shapes dataset).
 
     Same structure and layer names as Xception (stem ``block1``, downsampling blocks with 1x1/2
@@ -246,7 +246,7 @@ def mini_xception(num_classes=10, width=1.0, middle_blocks=2, residual=True, int
     return XceptionNet(MINI_SPEC, num_classes=num_classes, include_top=True, input_shape=input_shape,
                        residual=residual, intermediate=intermediate, dropout=dropout,
                        middle_blocks=middle_blocks, width=width, small_input=True, rng=rng,
-                       dtype=dtype, name="mini_xception")
+                       dtype=dtype, name="mini_xception", fc_layers=fc_layers)
 
 
 __all__ = ["Xception", "XceptionNet", "mini_xception", "add_head", "KERAS_SPEC", "MINI_SPEC"]
