@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class PolyakAverage:
     """
 
     def __init__(self, model, decay):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be a number in [0, 1) (e.g. 0.999), got {decay!r}")
         named = list(model.named_parameters())
         if not named:

@@ -148,7 +148,7 @@ def test_bad_decay(decay):
 
 def test_float32_keeps_dtype():
     m = model(dtype="float32")
-    avg = PolyakAverage(m, 0.99)
+    avg = PolyakAverage(m, np.float32(0.99))          # NumPy scalars are numbers too
     avg.update()
     assert all(a.dtype == np.float32 for a in avg.averages)
 
