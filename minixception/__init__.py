@@ -11,7 +11,7 @@ from . import models
 from .summary import count_params, summary
 from .kernels import use_kernels
 
-from . import data
+from . import compare, data
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"

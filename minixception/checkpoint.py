@@ -5,6 +5,8 @@ Layout of the archive (every entry a plain numeric or string array):
     __minixception_checkpoint__   the marker (format version); a file without it is refused
     model/<state-dict key>        parameters and buffers (BN moving statistics), host arrays
     optim/momentum/<i>            SGD momentum buffers, in ``model.parameters()`` order
+    extra/<name>                  further arrays a caller stores (``extra=``; e.g. the Polyak
+                                  averages of the weights), returned as ``meta["_extra"]``
     meta                          a JSON string: epoch, RNG state, run settings, optimiser
                                   scalars, anything passed as ``**meta``
 
@@ -43,8 +45,9 @@ def _json_default(o):
     raise TypeError(f"checkpoint meta: {type(o).__name__} is not JSON-serialisable")
 
 
-def save_checkpoint(path, model, optimizer=None, **meta):
-    """Write ``model`` (parameters + buffers), ``optimizer`` state and ``meta`` to ``path`` (.npz).
+def save_checkpoint(path, model, optimizer=None, extra=None, **meta):
+    """Write ``model`` (parameters + buffers), ``optimizer`` state, ``extra`` arrays
+    (``{name: ndarray}``) and ``meta`` to ``path`` (.npz).
 
     ``meta`` values must be JSON-serialisable (NumPy scalars/arrays and a
     ``numpy.random.Generator`` -- stored as its bit-generator state -- are converted).
@@ -62,6 +65,8 @@ def save_checkpoint(path, model, optimizer=None, **meta):
                 arrays[f"optim/{k}"] = v
         meta["_optimizer"] = {"steps": int(osd.get("steps", 0)), "lr": float(osd.get("lr", 0.0)),
                               "n_params": len(optimizer.params)}
+    for k, v in (extra or {}).items():
+        arrays[f"extra/{k}"] = np.asarray(v)
     arrays["meta"] = np.array(json.dumps(meta, default=_json_default))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -111,7 +116,7 @@ def read_checkpoint(path):
     if "meta" not in arrays or arrays["meta"].dtype.kind != "U":
         raise CheckpointError(f"{path}: missing or malformed 'meta' entry")
     meta = json.loads(str(arrays.pop("meta")))
-    model_state, optim_state = {}, {}
+    model_state, optim_state, extra = {}, {}, {}
     for k, v in arrays.items():
         if v.dtype.kind not in "fiub":
             raise CheckpointError(f"{path}: entry {k!r} has dtype {v.dtype}, expected numbers")
@@ -119,8 +124,12 @@ def read_checkpoint(path):
             model_state[k[len("model/"):]] = v
         elif k.startswith("optim/"):
             optim_state[k[len("optim/"):]] = v
+        elif k.startswith("extra/"):
+            extra[k[len("extra/"):]] = v
         else:
             raise CheckpointError(f"{path}: unexpected entry {k!r}")
+    if extra:
+        meta["_extra"] = extra
     return model_state, optim_state, meta
 
 

@@ -4,6 +4,9 @@
     python -m minixception train --data cifar10 --device gpu --epochs 30 --out runs/c10
     python -m minixception train --resume runs/c10/checkpoint.npz --epochs 40
     python -m minixception summary --model xception
+    python -m minixception summary --model inceptionv3
+    python -m minixception compare                     # Xception vs Inception V3, side by side
+    python -m minixception train --polyak 0.999        # also evaluate Polyak-averaged weights
     python -m minixception ablate --out runs/ablation
 """
 from __future__ import annotations
@@ -17,9 +20,11 @@ from .runs import DEFAULTS, RUN_KEYS, build_model, run_training  # noqa: F401  (
 
 
 def _add_model_args(p, ablation=True):
-    p.add_argument("--model", choices=["mini", "xception"], default=DEFAULTS["model"],
+    p.add_argument("--model", choices=["mini", "xception", "inceptionv3"], default=DEFAULTS["model"],
                    help="mini: the small Xception for 32x32 (default); xception: the full 36-layer "
-                        "Xception (22.9M parameters at ImageNet size; slow on a CPU)")
+                        "Xception (22.9M parameters at ImageNet size; slow on a CPU); inceptionv3: "
+                        "Keras's Inception V3, the paper's baseline (23.8M parameters; needs 75x75 "
+                        "inputs, so 32x32 images are upsampled to 96x96: very slow on a CPU)")
     p.add_argument("--width", type=float, default=DEFAULTS["width"],
                    help="channel multiplier of the mini model (default %(default)s)")
     p.add_argument("--middle-blocks", type=int, default=DEFAULTS["middle_blocks"],
@@ -31,6 +36,9 @@ def _add_model_args(p, ablation=True):
                        help="activation between depthwise and pointwise conv (Figure 10; default none)")
         p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"],
                        help="dropout rate before the classifier (the paper: 0.5 on ImageNet; default %(default)s)")
+    p.add_argument("--fc-layers", type=int, nargs="+", default=list(DEFAULTS["fc_layers"]), metavar="UNITS",
+                   help="fully connected + ReLU layers between the global pool and the classifier, "
+                        "e.g. --fc-layers 4096 4096 (the paper's JFT models 'with FC layers'); default none")
 
 
 def _add_train_args(p):
@@ -54,6 +62,10 @@ def _add_train_args(p):
                    help="batch norm's moving-average momentum (Keras/Xception: 0.99, made for long "
                         "ImageNet runs; with a few hundred steps the moving statistics would lag far "
                         "behind and eval accuracy with them; default %(default)s)")
+    p.add_argument("--polyak", type=float, default=DEFAULTS["polyak"], metavar="DECAY",
+                   help="keep a Polyak (exponential moving) average of the weights with this decay, "
+                        "e.g. 0.999, and evaluate each epoch with both the raw and the averaged weights "
+                        "(metrics.csv columns polyak_test_loss/polyak_test_acc); default off")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crop (4-pixel padding) / horizontal flip")
     p.add_argument("--device", choices=["cpu", "gpu"], default=DEFAULTS["device"],
@@ -68,7 +80,7 @@ def _add_train_args(p):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minixception", description="Train and inspect Xception built by hand on NumPy / CuPy.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,summary,ablate}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,summary,compare,ablate}")
     sub.required = True
 
     p = sub.add_parser("train", help="train a model; writes OUT/metrics.csv, OUT/curves.png, OUT/checkpoint.npz",
@@ -82,8 +94,16 @@ def build_parser():
     p = sub.add_parser("summary", help="print the per-layer table (output shape, parameters, FLOPs)")
     _add_model_args(p, ablation=False)
     p.add_argument("--input-size", type=int, default=None,
-                   help="square input size (default: 299 for xception, 32 for mini)")
-    p.add_argument("--classes", type=int, default=None, help="default: 1000 for xception, 10 for mini")
+                   help="square input size (default: 299 for xception and inceptionv3, 32 for mini)")
+    p.add_argument("--classes", type=int, default=None, help="default: 1000 for xception/inceptionv3, 10 for mini")
+
+    p = sub.add_parser("compare", help="Xception vs Inception V3 side by side: parameters, mult-adds, "
+                                       "measured forward and training-step time, the FC layers' cost",
+                       description="Build both networks at 299x299 and print one table (the paper's Table 3 "
+                                   "on this machine). Timing is a few batch-N steps on this machine's CPU "
+                                   "(or GPU with --device gpu): minutes on a small CPU.")
+    from .compare import add_compare_args
+    add_compare_args(p)
 
     p = sub.add_parser("ablate", help="the paper's ablations in miniature: residual on/off, intermediate "
                                       "activation none/relu/elu; writes OUT/ablation.png and OUT/ablation.csv",
@@ -133,9 +153,11 @@ def cmd_train(args):
 
 def cmd_summary(args):
     import minixception as mx
-    size = args.input_size or (299 if args.model == "xception" else 32)
-    classes = args.classes or (1000 if args.model == "xception" else 10)
-    settings = dict(model=args.model, width=args.width, middle_blocks=args.middle_blocks, seed=0)
+    full = args.model in ("xception", "inceptionv3")
+    size = args.input_size or (299 if full else 32)
+    classes = args.classes or (1000 if full else 10)
+    settings = dict(model=args.model, width=args.width, middle_blocks=args.middle_blocks, seed=0,
+                    fc_layers=args.fc_layers)
     model = build_model(settings, num_classes=classes, input_shape=(size, size, 3))
     mx.summary(model, (size, size, 3))          # prints the table
     return 0
@@ -147,6 +169,9 @@ def main(argv=None):
         return cmd_train(args)
     if args.command == "summary":
         return cmd_summary(args)
+    if args.command == "compare":
+        from .compare import cmd_compare
+        return cmd_compare(args)
     from .ablate import cmd_ablate
     return cmd_ablate(args)
 

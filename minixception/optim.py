@@ -13,12 +13,19 @@ norm's gamma/beta and biases, as Keras's ``kernel_regularizer`` does.
 The momentum buffer of a parameter lives with it, in ``p.state["momentum_buffer"]``,
 so ``model.to(device, dtype)`` moves and casts it together with the weights: the
 optimiser carries no arrays of its own that could be left behind on the old device.
+
+``PolyakAverage`` keeps the exponential moving average of the weights that the paper evaluates
+with (Polyak averaging).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 
-from .backend import device_of, to_device
+import numpy as np
+
+from .backend import device_of, to_device, to_numpy
 
 
 def sgd_update(w, grad, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0, regularize=True):
@@ -116,6 +123,98 @@ def _check_buffer(i, buf, p):
             f"SGD: the momentum buffer of parameter {i} is a {device_of(buf)} {buf.dtype} array of shape "
             f"{tuple(buf.shape)}, but the parameter is a {device_of(p.data)} {p.data.dtype} array of shape "
             f"{tuple(p.data.shape)}; move the model with model.to(...), which moves the buffers with it")
+
+# -- Polyak averaging: an exponential moving average of the weights, used at evaluation -------
+
+class PolyakAverage:
+    """Exponential moving average of a model's trainable parameters (Polyak averaging).
+
+        avg = PolyakAverage(model, decay=0.999)   # the averages start at the model's weights now
+        ...; opt.step(); avg.update()            # a = decay * a + (1 - decay) * w, per parameter
+        with avg.applied():                      # the model holds the averages (evaluate, save...)
+            evaluate(model)
+        # ...and its trained weights are back, exactly (the very same arrays), even after an error
+
+    Only the trainable parameters are averaged: buffers such as batch norm's moving statistics
+    stay as training left them (they already are moving averages). The averages live on the
+    parameters' device and in their dtype, and follow the model when it moves (``update`` and
+    ``applied`` move them to where each parameter lives). One ``xp`` code path: NumPy or CuPy.
+    """
+
+    def __init__(self, model, decay):
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1) (e.g. 0.999), got {decay!r}")
+        named = list(model.named_parameters())
+        if not named:
+            raise ValueError("PolyakAverage got a model without trainable parameters")
+        self.model, self.decay = model, float(decay)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.averages = [p.data.copy() for p in self.params]
+        self.updates = 0
+        self._applied = False
+
+    def _follow(self, i):
+        """The i-th average, on its parameter's current device (moved there once if needed)."""
+        p, a = self.params[i], self.averages[i]
+        if device_of(a) != device_of(p.data) or a.dtype != p.data.dtype:
+            a = self.averages[i] = to_device(a, device_of(p.data)).astype(p.data.dtype)
+        return a
+
+    def update(self):
+        """``a = decay * a + (1 - decay) * w`` for every trainable parameter (call after each step)."""
+        if self._applied:
+            raise RuntimeError("PolyakAverage.update() inside applied(): the model holds the averages, "
+                               "not trained weights")
+        d = self.decay
+        for i, p in enumerate(self.params):
+            a = self._follow(i)
+            a *= a.dtype.type(d)
+            a += a.dtype.type(1.0 - d) * p.data
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Within the block the model's parameters hold (copies of) the averages; on exit, even on an
+        exception, each parameter gets back the very array it held before."""
+        if self._applied:
+            raise RuntimeError("PolyakAverage.applied() is already active (it does not nest)")
+        saved = [p.data for p in self.params]
+        self._applied = True
+        try:
+            for i, p in enumerate(self.params):
+                p.data = self._follow(i).copy()      # a copy: code in the block cannot spoil the averages
+            self.model.clear_caches()
+            yield self
+        finally:
+            for p, w in zip(self.params, saved):
+                p.data = w
+            self.model.clear_caches()
+            self._applied = False
+
+    # -- state, for checkpoints -----------------------------------------------------------------
+    def state_dict(self):
+        """``{"decay": float, "updates": int, "averages": {parameter name: host array}}``."""
+        return {"decay": self.decay, "updates": self.updates,
+                "averages": {n: np.array(to_numpy(a), copy=True) for n, a in zip(self.names, self.averages)}}
+
+    def load_state_dict(self, state):
+        """Load averages saved by ``state_dict``; every name and shape is checked first (all or nothing)."""
+        avgs = state.get("averages") if isinstance(state, dict) else None
+        if not isinstance(avgs, dict):
+            raise KeyError("PolyakAverage state needs an 'averages' dict {parameter name: array}")
+        missing = [n for n in self.names if n not in avgs]
+        unexpected = [n for n in avgs if n not in self.names]
+        if missing or unexpected:
+            raise KeyError(f"PolyakAverage state does not fit the model: missing {missing}, unexpected {unexpected}")
+        bad = [f"{n}: expected {tuple(p.data.shape)}, got {tuple(np.shape(avgs[n]))}"
+               for n, p in zip(self.names, self.params) if tuple(np.shape(avgs[n])) != tuple(p.data.shape)]
+        if bad:
+            raise ValueError("PolyakAverage state has mis-shaped averages: " + "; ".join(bad))
+        self.averages = [to_device(np.asarray(to_numpy(avgs[n])).astype(p.data.dtype), device_of(p.data))
+                         for n, p in zip(self.names, self.params)]
+        self.decay = float(state.get("decay", self.decay))
+        self.updates = int(state.get("updates", 0))
 
 
 # -- learning-rate schedules: callables epoch (float, fractional within an epoch) -> lr ---------

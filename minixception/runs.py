@@ -13,27 +13,33 @@ from __future__ import annotations
 DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
                 out="runs/train", width=0.5, middle_blocks=2, residual=True, intermediate="none",
-                dropout=0.0, augment=True, bn_momentum=0.9)
+                dropout=0.0, augment=True, bn_momentum=0.9, polyak=None, fc_layers=())
 
 # settings that define the run (stored in checkpoints; a resume takes them from there)
 RUN_KEYS = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "subset",
             "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment",
-            "bn_momentum")
+            "bn_momentum", "polyak", "fc_layers")
 
 
 def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
     """The model a run's settings describe (weights seeded by ``settings["seed"]``)."""
     from . import models           # lazily: the CLI's --help works without building anything
     inter = None if settings.get("intermediate", "none") == "none" else settings["intermediate"]
+    fc = tuple(settings.get("fc_layers") or ())
     common = dict(residual=settings.get("residual", True), intermediate=inter,
-                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0))
+                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0), fc_layers=fc)
     if settings["model"] == "mini":
         model = models.mini_xception(num_classes, width=settings.get("width", 1.0),
                                      middle_blocks=settings.get("middle_blocks", 2), **common)
     elif settings["model"] == "xception":
         model = models.Xception(num_classes=num_classes, input_shape=tuple(input_shape), **common)
+    elif settings["model"] == "inceptionv3":
+        # no residual/intermediate options; inputs under 75x75 are upsampled (32 -> 96)
+        from .models.inception_v3 import for_small_images
+        model = for_small_images(tuple(input_shape), num_classes=num_classes, dropout=common["dropout"],
+                                 rng=common["rng"], fc_layers=fc)
     else:
-        raise ValueError(f"unknown model {settings['model']!r}: expected 'mini' or 'xception'")
+        raise ValueError(f"unknown model {settings['model']!r}: expected 'mini', 'xception' or 'inceptionv3'")
     if settings.get("bn_momentum") is not None:
         from .nn import BatchNorm2D
         for m in model.modules():
@@ -52,4 +58,4 @@ def run_training(settings, out, epochs, device="cpu", resume=None, progress=True
                momentum=settings["momentum"], weight_decay=settings["weight_decay"],
                schedule=settings["schedule"], device=device, seed=settings["seed"],
                augment=settings.get("augment", True), resume=resume, settings=settings,
-               progress=progress, **fit_kw)
+               progress=progress, polyak=settings.get("polyak"), **fit_kw)

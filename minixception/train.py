@@ -36,12 +36,14 @@ from .data.iterator import BatchIterator, channel_stats
 from .losses import softmax_cross_entropy
 from .nn.layers import Dropout
 from .nn.module import inference_mode
-from .optim import SGD, make_schedule
+from .optim import SGD, PolyakAverage, make_schedule
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s", "epoch_time_s")
+# with Polyak averaging (``polyak=decay``): the test set evaluated with the averaged weights
+POLYAK_FIELDS = ("polyak_test_loss", "polyak_test_acc")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -61,22 +63,22 @@ def _set_dropout_states(model, states):
         m._device_rng = None
 
 
-def write_metrics(path, rows):
+def write_metrics(path, rows, fields=FIELDS):
     """Write all rows (a fresh file): used at the start of a run or a resume."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in FIELDS})
+            w.writerow({k: r[k] for k in fields})
 
 
-def append_metrics(path, row):
+def append_metrics(path, row, fields=FIELDS):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
-        w.writerow({k: row[k] for k in FIELDS})
+        w.writerow({k: row[k] for k in fields})
 
 
 def read_metrics(path):
@@ -95,9 +97,14 @@ def plot_curves(path, history, title=None):
     a1, a2 = fig.subplots(1, 2)
     a1.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
     a1.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
+    polyak = bool(history) and "polyak_test_loss" in history[0]
+    if polyak:
+        a1.plot(ep, [r["polyak_test_loss"] for r in history], "^--", label="test, Polyak-averaged weights")
     a1.set_xlabel("epoch"); a1.set_ylabel("loss"); a1.set_title("cross-entropy loss"); a1.legend()
     a2.plot(ep, [r["train_acc"] for r in history], "o-", label="train")
     a2.plot(ep, [r["test_acc"] for r in history], "s-", label="test")
+    if polyak:
+        a2.plot(ep, [r["polyak_test_acc"] for r in history], "^--", label="test, Polyak-averaged weights")
     a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.set_ylim(0, 1); a2.set_title("accuracy"); a2.legend()
     for a in (a1, a2):
         a.grid(alpha=0.3)
@@ -159,11 +166,29 @@ def evaluate(model, x, y, batch_size, mean, std):
     return float(loss_sum) / n, int(correct) / n
 
 
+def _polyak_checkpoint(avg):
+    """The averages as checkpoint entries: (extra arrays, meta) -- empty when not averaging."""
+    if avg is None:
+        return {}, {}
+    sd = avg.state_dict()
+    return ({f"polyak/{k}": v for k, v in sd["averages"].items()},
+            {"polyak": {"decay": sd["decay"], "updates": sd["updates"]}})
+
+
+def _polyak_resume(model, decay, meta):
+    """The PolyakAverage of a resumed run: its saved averages, or (none saved) the loaded weights."""
+    avg = PolyakAverage(model, decay)
+    saved = {k[len("polyak/"):]: v for k, v in meta.get("_extra", {}).items() if k.startswith("polyak/")}
+    if saved:
+        avg.load_state_dict({**meta.get("polyak", {}), "averages": saved})
+    return avg
+
+
 # -- the loop ---------------------------------------------------------------------------
 
 def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
         schedule="cosine", device="cpu", seed=0, augment=True, resume=None, settings=None,
-        progress=True, verbose=True, sync_every=None, interrupt_after_steps=None):
+        progress=True, verbose=True, sync_every=None, interrupt_after_steps=None, polyak=None):
     """Train ``model`` on ``data`` (dict x_train, y_train, x_test, y_test: host uint8 / int) -> history.
 
     out: the run folder (metrics.csv, curves.png, checkpoint.npz go directly in it).
@@ -175,6 +200,9 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
     sync_every: host reads of the running loss (progress bar, NaN check); default 1 on the
       CPU (free there) and 50 on the GPU.
     interrupt_after_steps: for tests -- behave as if Ctrl-C came after that many steps of this call.
+    polyak: a decay (e.g. 0.999) to keep a Polyak average of the weights, updated after every
+      step, saved in the checkpoint; each epoch evaluates the test set with the raw and with the
+      averaged weights (columns ``polyak_test_loss``, ``polyak_test_acc``).
     Returns the list of per-epoch metric rows (also in ``out/metrics.csv``).
     """
     check_device(device)
@@ -210,7 +238,9 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
         train_iter.rng = rng = rng_from_state(meta["data_rng"])
         _set_dropout_states(model, meta.get("dropout_rngs"))
         partial = meta.get("partial")
-    write_metrics(out / METRICS, history)
+    avg = None if polyak is None else _polyak_resume(model, polyak, meta if resume is not None else {})
+    fields = FIELDS + POLYAK_FIELDS if avg is not None else FIELDS
+    write_metrics(out / METRICS, history, fields)
 
     xp = get_array_module(x_train_d)
     done_steps = 0
@@ -238,6 +268,8 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                     loss, dlogits = softmax_cross_entropy(logits, yb)
                     model.backward(dlogits)
                     opt.step()
+                    if avg is not None:
+                        avg.update()
                     nb = xb.shape[0]
                     loss_sum += loss * nb                      # stays on the device
                     correct += (logits.argmax(axis=1) == yb).sum()
@@ -261,10 +293,11 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                     bar.close()
             if interrupted:
                 _check_finite(loss_sum, epoch, step, opt.lr)
+                extra, pmeta = _polyak_checkpoint(avg)
                 path = save_checkpoint(
-                    out / CHECKPOINT, model, opt, epoch=epoch, step=step, data_rng=epoch_rng_state,
+                    out / CHECKPOINT, model, opt, extra=extra, epoch=epoch, step=step, data_rng=epoch_rng_state,
                     dropout_rngs=_dropout_states(model), history=history, settings=settings,
-                    partial={"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen})
+                    partial={"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}, **pmeta)
                 raise KeyboardInterrupt(f"training interrupted at epoch {epoch + 1}, step {step}; "
                                         f"saved {path} (continue with --resume {path})")
             train_time = time.perf_counter() - t0
@@ -274,14 +307,23 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
             row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                        test_acc=test_acc, lr=lr_epoch, images_per_s=seen_now / max(train_time, 1e-9),
                        epoch_time_s=time.perf_counter() - t0)
+            if avg is not None:
+                with avg.applied():
+                    row["polyak_test_loss"], row["polyak_test_acc"] = evaluate(
+                        model, x_test_d, y_test_d, batch_size, mean, std)
             history.append(row)
-            append_metrics(out / METRICS, row)
-            save_checkpoint(out / CHECKPOINT, model, opt, epoch=epoch + 1, step=0, data_rng=rng.bit_generator.state,
-                            dropout_rngs=_dropout_states(model), history=history, settings=settings)
+            append_metrics(out / METRICS, row, fields)
+            extra, pmeta = _polyak_checkpoint(avg)
+            save_checkpoint(out / CHECKPOINT, model, opt, extra=extra, epoch=epoch + 1, step=0,
+                            data_rng=rng.bit_generator.state, dropout_rngs=_dropout_states(model),
+                            history=history, settings=settings, **pmeta)
             plot_curves(out / CURVES, history, title=settings.get("title"))
             if verbose:
                 print(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                      f"test loss {test_loss:.4f} acc {test_acc:.3f} | lr {lr_epoch:.4g} | "
+                      f"test loss {test_loss:.4f} acc {test_acc:.3f} | "
+                      + (f"Polyak test loss {row['polyak_test_loss']:.4f} acc {row['polyak_test_acc']:.3f} | "
+                         if avg is not None else "")
+                      + f"lr {lr_epoch:.4g} | "
                       f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f} s", flush=True)
     if history and not (out / CURVES).exists():
         plot_curves(out / CURVES, history, title=settings.get("title"))

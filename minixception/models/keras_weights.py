@@ -1,7 +1,9 @@
-"""Keras's pretrained ImageNet weights for Xception: download, check, load; and the ImageNet helpers.
+"""Keras's pretrained ImageNet weights for Xception and Inception V3: download, check, load; and
+the ImageNet helpers.
 
-The file (``xception_weights_tf_dim_ordering_tf_kernels.h5``, ``..._notop.h5`` without the head)
-is Keras's *legacy* HDF5 layout:
+The files (``xception_weights_tf_dim_ordering_tf_kernels.h5``,
+``inception_v3_weights_tf_dim_ordering_tf_kernels.h5``; ``..._notop.h5`` without the head) are
+Keras's *legacy* HDF5 layout:
 
     root attrs["layer_names"]       every layer of the model, in Keras's ``model.layers`` order
     root[layer].attrs["weight_names"]  that layer's weights in order (empty for ReLU, pooling, add...)
@@ -10,8 +12,10 @@ is Keras's *legacy* HDF5 layout:
 The layer names inside are old Keras-1 auto-names (``separableconvolution2d_7``,
 ``batchnormalization_36``...) numbered in creation order, which is *not* the file's order, so
 the names are useless for matching: Keras itself matches the weighted layers **by position**,
-and so do we (``model.modules()`` of ``Xception`` lists its weighted layers in Keras's order:
-a block's shortcut conv and BN after its second separable conv and BN). Every shape is checked.
+and so do we, in the order of Keras's ``model.layers`` (``keras_layer_order`` recomputes it from
+the model's graph: for ``Xception`` it is the forward order, a block's shortcut conv and BN after
+its second separable conv and BN; for ``InceptionV3`` it interleaves the branches of each
+module). Every shape is checked.
 
 Limit of a positional match: two consecutive layers with identical weight shapes cannot be told
 apart by shape. In Xception that is block 13's ``block13_sepconv2_bn`` and ``block13_shortcut_bn``
@@ -43,6 +47,22 @@ FILENAMES = {True: "xception_weights_tf_dim_ordering_tf_kernels.h5",
              False: "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"}
 MD5 = {True: "0a58e3b7378bc2990ea3b43d5981f1f6", False: "b0042744bf5b25fce3cb969f33bebb97"}
 
+# Inception V3's files (Keras's ``keras.applications.InceptionV3``), same layout.
+INCEPTION_V3_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
+INCEPTION_V3_FILENAMES = {True: "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+                          False: "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+INCEPTION_V3_MD5 = {True: "9a0d58056eeedaa3f26cb7ebd46da564", False: "bcbd6486424b2319ff4ef7d526e38f63"}
+
+
+def _weight_source(model):
+    """(display name, base URL, file names, MD5s) of a model's ImageNet files. Looked up at call
+    time, so tests can patch the module's constants."""
+    if model == "xception":
+        return "Xception", BASE_URL, FILENAMES, MD5
+    if model == "inception_v3":
+        return "Inception V3", INCEPTION_V3_BASE_URL, INCEPTION_V3_FILENAMES, INCEPTION_V3_MD5
+    raise ValueError(f"no ImageNet weights known for model {model!r}: expected 'xception' or 'inception_v3'")
+
 
 class WeightFileError(ValueError):
     """A weight file that is not what the model needs (wrong layout, count, shape, truncated)."""
@@ -66,15 +86,17 @@ def _urllib_download(url, dest, timeout=60):
 _downloader = _urllib_download   # module-level hook: tests monkeypatch it (no network in tests)
 
 
-def get_imagenet_weights(include_top=True, cache=None) -> pathlib.Path:
-    """Path of Keras's ImageNet weight file, downloading it into the cache the first time.
+def get_imagenet_weights(include_top=True, cache=None, model="xception") -> pathlib.Path:
+    """Path of Keras's ImageNet weight file for ``model`` ("xception" or "inception_v3"),
+    downloading it into the cache the first time.
 
     The download goes to a temporary file, is MD5-checked, then renamed into place, so a
     failed or interrupted download never leaves a half file under the final name.
     Raises ``WeightsUnavailableError`` naming the URL and the cache path when offline.
     """
-    name, want = FILENAMES[bool(include_top)], MD5[bool(include_top)]
-    url = BASE_URL + name
+    label, base_url, filenames, md5s = _weight_source(model)
+    name, want = filenames[bool(include_top)], md5s[bool(include_top)]
+    url = base_url + name
     folder = pathlib.Path(cache) if cache is not None else cache_dir()
     path = folder / name
     if path.exists():
@@ -94,7 +116,7 @@ def get_imagenet_weights(include_top=True, cache=None) -> pathlib.Path:
             _downloader(url, tmp)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             raise WeightsUnavailableError(
-                f"could not download the Xception ImageNet weights from {url} ({e}). Are you offline? "
+                f"could not download the {label} ImageNet weights from {url} ({e}). Are you offline? "
                 f"Download that file by other means and put it at {path} (the cache; MINIXCEPTION_CACHE "
                 f"overrides its folder), or pass weights=PATH to a local copy.") from e
         got = md5sum(tmp)
@@ -139,12 +161,69 @@ def _weight_kind(weight_name):
     return None
 
 
+def keras_layer_order(model):
+    """``[(path, module)]`` of the model's layers in the order of Keras's ``model.layers``.
+
+    Keras lists a functional model's layers by *depth* -- the longest path from the layer to the
+    output -- deepest first, and breaks ties by the order in which a depth-first walk from the
+    output (inputs visited in order) first meets each layer. For a plain chain that is the
+    forward order; for Inception modules it interleaves the branches (every branch's first conv,
+    then their BNs...). Leaf layers are listed, and the joins as well: a ``Concat`` as Keras's
+    Concatenate and a ``Residual`` as its Add (path of the container, module).
+
+    Understands ``Sequential``, ``Concat`` and ``Residual`` containers (and subclasses).
+    """
+    paths = {id(m): p for p, m in model.named_modules()}
+    inputs = {}                      # node id -> list of input node ids; node = module id or "input"
+    modules = {}
+
+    def build(m, x):
+        """Add ``m``'s graph fed by node ``x``; return its output node."""
+        if isinstance(m, nn.Sequential):
+            for child in m.children():
+                x = build(child, x)
+            return x
+        if isinstance(m, nn.Concat):
+            outs = [build(b, x) for b in m.children()]
+        elif isinstance(m, nn.Residual):
+            outs = [build(m.main, x), build(m.shortcut, x) if m.shortcut is not None else x]
+        elif m.children():
+            raise TypeError(f"keras_layer_order: cannot trace container {m._label()} of type {type(m).__name__}")
+        else:
+            outs = [x]
+        inputs[id(m)], modules[id(m)] = outs, m
+        return id(m)
+
+    out = build(model, "input")
+    # pre-order indices of the depth-first walk from the output (Keras's "operation_indices")
+    index, post, stack = {}, [], [(out, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            post.append(node)
+            continue
+        if node in index or node == "input":
+            continue
+        index[node] = len(index)
+        stack.append((node, True))
+        stack.extend((i, False) for i in reversed(inputs[node]))
+    # longest distance to the output, consumers before their inputs (reverse post-order)
+    depth = {out: 0}
+    for node in reversed(post):
+        for i in inputs[node]:
+            if i != "input":
+                depth[i] = max(depth.get(i, 0), depth[node] + 1)
+    order = sorted(index, key=lambda n: (-depth[n], index[n]))
+    return [(paths[n], modules[n]) for n in order]
+
+
 def keras_weight_order(model):
     """``[(layer_path, [state-dict keys in Keras's weight order])]`` for every layer with weights,
-    in the model's forward order (= Keras's ``model.layers`` order for ``Xception``)."""
+    in Keras's ``model.layers`` order (``keras_layer_order``; for ``Xception`` that is also the
+    forward order)."""
     sd_keys = set(model.state_dict())
     out = []
-    for path, m in model.named_modules():
+    for path, m in keras_layer_order(model):
         if m.children() or not (m.named_parameters(recurse=False) or m.named_buffers(recurse=False)):
             continue
         order = _KERAS_ORDER.get(type(m))
@@ -281,6 +360,7 @@ def decode_predictions(preds, top=5):
     return out
 
 
-__all__ = ["load_keras_weights", "read_legacy_h5", "keras_weight_order", "get_imagenet_weights",
+__all__ = ["load_keras_weights", "read_legacy_h5", "keras_weight_order", "keras_layer_order", "get_imagenet_weights",
            "cache_dir", "md5sum", "preprocess_input", "decode_predictions", "imagenet_classes",
-           "WeightFileError", "WeightsUnavailableError", "BASE_URL", "FILENAMES", "MD5"]
+           "WeightFileError", "WeightsUnavailableError", "BASE_URL", "FILENAMES", "MD5",
+           "INCEPTION_V3_BASE_URL", "INCEPTION_V3_FILENAMES", "INCEPTION_V3_MD5"]

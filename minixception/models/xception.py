@@ -43,6 +43,39 @@ def _check_shape(input_shape):
     return tuple(input_shape)
 
 
+def _check_fc_layers(fc_layers, include_top):
+    if (not isinstance(fc_layers, (tuple, list))
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fc_layers)):
+        raise ValueError(f"fc_layers must be a tuple of positive ints such as (4096, 4096), got {fc_layers!r}")
+    if fc_layers and not include_top:
+        raise ValueError("fc_layers needs include_top=True (they sit between the global pool and the classifier)")
+    return tuple(fc_layers)
+
+
+def add_head(model, features, num_classes, include_top, fc_layers=(), dropout=0.0, rng=None, dtype="float32"):
+    """Append the classifier head to ``model`` (a Sequential) when ``include_top``:
+
+        avg_pool (global average) -> [fc1, fc1_relu, fc2, fc2_relu, ...] -> [dropout] -> predictions
+
+    ``fc_layers``: the widths of the optional fully connected + ReLU layers (the paper's JFT models
+    "with FC layers": two of 4096). ``dropout``: its rate, just before the classifier (the paper's
+    place for it; 0 = no layer). Dense layers are named ``fc1``, ``fc2``... (keys ``"fc1/kernel"``).
+    """
+    fc_layers = _check_fc_layers(fc_layers, include_top)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not include_top:
+        return
+    model.append(nn.GlobalAvgPool2D(name="avg_pool"))
+    for i, width in enumerate(fc_layers, start=1):
+        model.append(nn.Dense(features, width, name=f"fc{i}", rng=rng, dtype=dtype))
+        model.append(nn.ReLU(name=f"fc{i}_relu"))
+        features = width
+    if dropout > 0:
+        model.append(nn.Dropout(dropout, name="dropout", rng=rng))
+    model.append(nn.Dense(features, num_classes, name="predictions", rng=rng, dtype=dtype))
+
+
 class XceptionNet(nn.Sequential):
     """An Xception-shaped network built from a spec (the layers shared by ``Xception`` and ``mini_xception``).
 
@@ -52,12 +85,14 @@ class XceptionNet(nn.Sequential):
     Options (the paper's ablations): ``residual`` (False drops every shortcut, including the four
     1x1 convs), ``intermediate`` (None / "relu" / "elu" between depthwise and pointwise),
     ``dropout`` (rate before the classifier; 0 = no layer), ``middle_blocks``, ``width``
-    (multiplies every channel count), ``small_input`` (stride-1 "same" stem for 32x32 images).
+    (multiplies every channel count), ``small_input`` (stride-1 "same" stem for 32x32 images),
+    ``fc_layers`` (widths of fully connected + ReLU layers before the classifier, e.g. the
+    paper's ``(4096, 4096)``; see ``add_head``).
     """
 
     def __init__(self, spec=KERAS_SPEC, num_classes=1000, include_top=True, input_shape=(299, 299, 3),
                  residual=True, intermediate=None, dropout=0.0, middle_blocks=8, width=1.0,
-                 small_input=False, rng=None, dtype="float32", name="xception"):
+                 small_input=False, rng=None, dtype="float32", name="xception", fc_layers=()):
         super().__init__(name=name)
         input_shape = _check_shape(input_shape)
         if not isinstance(middle_blocks, int) or middle_blocks < 0:
@@ -68,11 +103,13 @@ class XceptionNet(nn.Sequential):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        fc_layers = _check_fc_layers(fc_layers, include_top)
         rng = as_generator(rng)
         self.input_shape = input_shape
         self.config = dict(num_classes=num_classes, include_top=include_top, input_shape=input_shape,
                            residual=residual, intermediate=intermediate, dropout=dropout,
-                           middle_blocks=middle_blocks, width=width, small_input=small_input, dtype=dtype)
+                           middle_blocks=middle_blocks, width=width, small_input=small_input, dtype=dtype,
+                           fc_layers=fc_layers)
         w = lambda c: _scale(c, width)  # noqa: E731
         kw = dict(rng=rng, dtype=dtype)
 
@@ -140,11 +177,7 @@ class XceptionNet(nn.Sequential):
         # -- head -----------------------------------------------------------------------------------
         self.include_top = include_top
         self.num_classes = num_classes if include_top else None
-        if include_top:
-            self.append(nn.GlobalAvgPool2D(name="avg_pool"))
-            if dropout > 0:
-                self.append(nn.Dropout(dropout, name="dropout", rng=rng))
-            self.append(nn.Dense(f2, num_classes, name="predictions", **kw))
+        add_head(self, f2, num_classes, include_top, fc_layers, dropout, rng, dtype)
 
     def forward(self, x):
         """x: (N, H, W, C) with C = input_shape[2] -> logits (N, classes) or features (N, h, w, F)."""
@@ -167,11 +200,13 @@ class Xception(XceptionNet):
 
     Counts (default arguments): 22,855,952 trainable parameters, 22,910,480 with the BN moving
     statistics, 20,861,480 for ``include_top=False``; output 10x10x2048 before pooling at 299x299.
+    ``fc_layers=(4096, 4096)`` adds 2048*4096 + 4096 + 4096*4096 + 4096 parameters, and the
+    classifier then reads 4096 features instead of 2048 (+2048*1000): 27,222,016 more.
     """
 
     def __init__(self, num_classes=1000, include_top=True, input_shape=(299, 299, 3), weights=None,
                  residual=True, intermediate=None, dropout=0.0, middle_blocks=8, width=1.0,
-                 small_input=False, rng=None, dtype="float32"):
+                 small_input=False, rng=None, dtype="float32", fc_layers=()):
         if weights is not None:
             if weights == "imagenet" and include_top and num_classes != 1000:
                 raise ValueError(f"weights='imagenet' with include_top=True needs num_classes=1000, got {num_classes}")
@@ -180,10 +215,13 @@ class Xception(XceptionNet):
             if not (residual and middle_blocks == 8 and width == 1.0):
                 raise ValueError("pretrained weights need the standard architecture "
                                  "(residual=True, middle_blocks=8, width=1.0)")
+            if include_top and fc_layers:
+                raise ValueError("pretrained weights have no fc layers: use fc_layers=() or include_top=False")
         super().__init__(KERAS_SPEC, num_classes=num_classes, include_top=include_top,
                          input_shape=input_shape, residual=residual, intermediate=intermediate,
                          dropout=dropout, middle_blocks=middle_blocks, width=width,
-                         small_input=small_input, rng=rng, dtype=dtype, name="xception")
+                         small_input=small_input, rng=rng, dtype=dtype, name="xception",
+                         fc_layers=fc_layers)
         self.config["weights"] = weights if weights in (None, "imagenet") else str(weights)
         if weights is not None:
             from .keras_weights import load_keras_weights, get_imagenet_weights
@@ -192,7 +230,7 @@ class Xception(XceptionNet):
 
 
 def mini_xception(num_classes=10, width=1.0, middle_blocks=2, residual=True, intermediate=None,
-                  dropout=0.0, rng=None, dtype="float32", input_shape=(32, 32, 3)):
+                  dropout=0.0, rng=None, dtype="float32", input_shape=(32, 32, 3), fc_layers=()):
     """A small Xception for 32x32 images (CIFAR-10, the built-in shapes dataset).
 
     Same structure and layer names as Xception (stem ``block1``, downsampling blocks with 1x1/2
@@ -208,7 +246,7 @@ def mini_xception(num_classes=10, width=1.0, middle_blocks=2, residual=True, int
     return XceptionNet(MINI_SPEC, num_classes=num_classes, include_top=True, input_shape=input_shape,
                        residual=residual, intermediate=intermediate, dropout=dropout,
                        middle_blocks=middle_blocks, width=width, small_input=True, rng=rng,
-                       dtype=dtype, name="mini_xception")
+                       dtype=dtype, name="mini_xception", fc_layers=fc_layers)
 
 
-__all__ = ["Xception", "XceptionNet", "mini_xception", "KERAS_SPEC", "MINI_SPEC"]
+__all__ = ["Xception", "XceptionNet", "mini_xception", "add_head", "KERAS_SPEC", "MINI_SPEC"]

@@ -199,15 +199,18 @@ class BatchNorm2D(OpLayer):
 
     x: (N, H, W, C) -> y: (N, H, W, C). In training mode the op updates the moving statistics
     in place.
+
+    ``scale=False`` (Keras's option, used by Inception V3) drops gamma: the scale is fixed at 1,
+    because the ReLU that follows is scale-equivariant and the next conv can absorb a scale.
     """
 
     op = "batchnorm"
 
-    def __init__(self, channels, eps=1e-3, momentum=0.99, name=None, dtype="float32"):
+    def __init__(self, channels, eps=1e-3, momentum=0.99, scale=True, name=None, dtype="float32"):
         super().__init__(name)
         _check_positive("channels", channels)
         self.channels, self.eps, self.momentum = channels, eps, momentum
-        self.gamma = self.add_parameter("gamma", np.ones(channels, dtype), regularize=False)
+        self.gamma = self.add_parameter("gamma", np.ones(channels, dtype), regularize=False) if scale else None
         self.beta = self.add_parameter("beta", np.zeros(channels, dtype), regularize=False)
         self.add_buffer("moving_mean", np.zeros(channels, dtype))
         self.add_buffer("moving_variance", np.ones(channels, dtype))
@@ -221,7 +224,9 @@ class BatchNorm2D(OpLayer):
         return self._buffers["moving_variance"]
 
     def op_arguments(self, x):
-        return (self.gamma.data, self.beta.data, self.moving_mean, self.moving_variance,
+        # without gamma (scale=False) the op sees a scale of ones and its dgamma goes nowhere
+        gamma = self.gamma.data if self.gamma is not None else get_array_module(x).ones_like(self.beta.data)
+        return (gamma, self.beta.data, self.moving_mean, self.moving_variance,
                 self.training, self.momentum, self.eps)
 
     def grad_targets(self):
