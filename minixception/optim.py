@@ -14,7 +14,31 @@ from __future__ import annotations
 
 import math
 
+from . import kernels
 from .backend import device_of, to_device
+
+
+def sgd_update(w, grad, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0, regularize=True):
+    """One parameter's SGD step, in place on ``w``; returns its momentum buffer (None without momentum).
+
+    The reference the fused GPU kernel (``kernels/cuda/sgd.py``) is proven equal to;
+    ``buf`` is None on the first step.
+    """
+    g = grad
+    if weight_decay and regularize:
+        g = g + weight_decay * w
+    if momentum:
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf *= momentum
+            buf += g
+        g = g + momentum * buf if nesterov else buf
+    w -= lr * g
+    return buf
+
+
+kernels.register_reference("sgd_update", sgd_update, None)
 
 
 class SGD:
@@ -37,18 +61,12 @@ class SGD:
 
     def step(self):
         for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay and p.regularize:
-                g = g + self.weight_decay * p.data
-            if self.momentum:
-                buf = self.buffers[i]
-                if buf is None or device_of(buf) != device_of(g):
-                    buf = self.buffers[i] = g.copy()
-                else:
-                    buf *= self.momentum
-                    buf += g
-                g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= self.lr * g
+            buf = self.buffers[i]
+            if buf is not None and device_of(buf) != device_of(p.grad):
+                buf = None
+            update = kernels.select("sgd_update", p.data, p.grad, buf)   # fused on the GPU
+            self.buffers[i] = update.forward(p.data, p.grad, buf, self.lr, self.momentum, self.nesterov,
+                                             self.weight_decay, p.regularize)
         self.steps += 1
 
     # -- state, for checkpoints ---------------------------------------------------------
