@@ -210,11 +210,10 @@ def test_cu_files_compile_with_nvcc(name, ctype, defines, tmp_path):
 def test_cu_sources_are_package_data():
     for name in CU_FILES:
         assert "extern \"C\" __global__" in cuda.source(name)
-    import tomllib
     from pathlib import Path
-    globs = tomllib.loads((Path(cuda.__file__).parents[3] / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["minixception"]
-    assert "kernels/cuda/*.cu" in globs
+    pyproject = (Path(cuda.__file__).parents[3] / "pyproject.toml").read_text()
+    package_data = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    assert '"kernels/cuda/*.cu"' in package_data
 
 
 def test_every_kernel_in_the_sources_is_emulated():
