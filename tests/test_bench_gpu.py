@@ -75,3 +75,42 @@ def test_one_shape_end_to_end_on_gpu():
     assert row["ours_ms"] > 0 and row["xp_ms"] > 0
     assert row["implementation"].startswith("hand-written CUDA"), row["implementation"]
     assert row["hand_written_launches"] > 0
+
+
+# -- bench/launch_estimate.py: launches counted on the CPU ------------------------------------
+
+def _estimator():
+    spec = importlib.util.spec_from_file_location("launch_estimate", ROOT / "bench" / "launch_estimate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_launch_counter_counts_array_operations_not_views():
+    est = _estimator()
+    a = np.arange(12.0).reshape(3, 4).view(est.CountingArray)
+    with est.counting_array_module():
+        est._Count.launches = 0
+        y, mask = mx.functional.relu_forward(a - 5)        # subtract 1; relu: greater + maximum
+        assert est._Count.launches == 3
+        b = a.reshape(4, 3).T[1:]                          # views: free
+        assert est._Count.launches == 3
+        a[...] = 0                                         # a fill: one kernel
+        b.sum(axis=0)                                      # a reduction: one
+        a.copy()                                           # a copy: one
+        assert est._Count.launches == 6
+
+
+def test_launch_estimate_of_a_small_step():
+    est = _estimator()
+    model = mx.models.mini_xception(10, width=0.5, middle_blocks=1, rng=0)
+    n_params = len(model.parameters())
+    r = est.estimate(model, batch=2)
+    ops = r["ops"]
+    assert ops[("batchnorm", "forward")][2] == 3 * ops[("batchnorm", "forward")][0]
+    assert ops[("sgd_update", "update")][0] == n_params
+    assert ops[("depthwise_conv2d", "forward")][0] > 0 and ops[("maxpool2d", "backward")][0] > 0
+    assert r["reference"] > 2 * r["fast"] > 0
+    swapped_ref = sum(v[1] for v in ops.values())
+    swapped_fast = sum(v[2] for v in ops.values())
+    assert r["reference"] - r["fast"] == swapped_ref - swapped_fast
