@@ -504,8 +504,8 @@ template <class T> void sgd_plain(std::ptrdiff_t n, const T* g_, T lr, T wd, T* 
 PLAIN_BODY
     }
 }
-template <class T> void uniform(std::ptrdiff_t n, unsigned long long key, unsigned long long counter, T* out_) {
-    for (std::ptrdiff_t i = 0; i < n; ++i) { T& out = out_[i];
+template <class T> void uniform(std::ptrdiff_t n, unsigned long long key, unsigned long long counter, T* out) {
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
 UNIFORM_BODY
     }
 }
@@ -622,7 +622,8 @@ def test_counter_generator_is_uniform_and_advances_its_counter(monkeypatch):
     drawn = []
 
     class Kernel:
-        def __call__(self, key, counter, out):
+        def __call__(self, key, counter, out, size):
+            assert size == out.size
             out[...] = krng.uniform_reference(int(key), int(counter), out.size, out.dtype).reshape(out.shape)
             drawn.append(out.size)
 

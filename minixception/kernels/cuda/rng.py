@@ -29,8 +29,8 @@ unsigned long long z = key + (counter + (unsigned long long)i) * 0x9E3779B97F4A7
 z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
 z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
 z ^= z >> 31;
-if (sizeof(T) == 4) out = (T)((double)(z >> 40) * (1.0 / 16777216.0));
-else out = (T)((double)(z >> 11) * (1.0 / 9007199254740992.0));
+if (sizeof(T) == 4) out[i] = (T)((double)(z >> 40) * (1.0 / 16777216.0));
+else out[i] = (T)((double)(z >> 11) * (1.0 / 9007199254740992.0));
 """
 
 _kernel = []
@@ -65,10 +65,11 @@ class CounterRNG:
             raise TypeError(f"CounterRNG.random: expected dtype float32 or float64, got {dtype}")
         out = cp.empty(shape, dtype=dtype)
         if not _kernel:
-            _kernel.append(cp.ElementwiseKernel("uint64 key, uint64 counter", "T out", UNIFORM_BODY,
+            # out is "raw" and the size explicit: no input array decides the loop size
+            _kernel.append(cp.ElementwiseKernel("uint64 key, uint64 counter", "raw T out", UNIFORM_BODY,
                                                 "mx_counter_uniform"))
         launches["mx_counter_uniform"] += 1
-        _kernel[0](np.uint64(self.key), np.uint64(self.counter), out)
+        _kernel[0](np.uint64(self.key), np.uint64(self.counter), out, size=out.size)
         record(f"counter_rng {dtype}", "compiled")
         self.counter = (self.counter + out.size) & MASK64
         return out
