@@ -191,7 +191,6 @@ def emulated(tmp_path_factory, monkeypatch):
         monkeypatch.setattr(mod, "cupy_module", lambda: fake_cupy)
         monkeypatch.setattr(mod, "function", function)
         monkeypatch.setattr(mod, "compiles", lambda *a, **k: True)
-    monkeypatch.setattr(kbn, "is_gpu_array", lambda a: isinstance(a, np.ndarray))
     monkeypatch.setattr(common, "is_gpu_array", lambda a: isinstance(a, np.ndarray))
     return log
 
@@ -443,6 +442,7 @@ def test_a_failed_build_warns_once_and_shows_in_status(monkeypatch):
             raise RuntimeError("nvrtc: error: identifier \"realx\" is undefined")
 
     monkeypatch.setattr(cuda, "cupy_module", lambda: types.SimpleNamespace(RawModule=BrokenRawModule))
+    monkeypatch.setattr(common, "is_gpu_array", lambda a: isinstance(a, np.ndarray))   # NumPy stands in
     monkeypatch.setattr(cuda, "_built", {})
     monkeypatch.setattr(cuda, "_functions", {})
     monkeypatch.setattr(cuda, "_status", {})

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functional as F
-from ...backend import cupy_module, is_gpu_array
+from ...backend import cupy_module
 from ...functional._checks import check_nhwc, check_same_dtype
-from . import compiles, function, launch
+from . import common, compiles, function, launch
 from .common import MAX_GRID_Z, block_2d, check_dy
 
 LANES = 8             # lanes per block of the column reductions (LANES in batchnorm.cu)
@@ -35,7 +35,7 @@ def supports(x, gamma=None, beta=None, moving_mean=None, moving_variance=None, t
     if not training or str(x.dtype) not in ("float32", "float64"):
         return False
     arrays = [a for a in (gamma, beta, moving_mean, moving_variance) if a is not None]
-    if any(not is_gpu_array(a) or a.dtype != x.dtype for a in arrays):
+    if not common.on_gpu(x, *arrays) or any(a.dtype != x.dtype for a in arrays):
         return False
     if getattr(x, "ndim", 0) != 4 or x.size // max(1, x.shape[-1]) < 2:
         return False                  # the reference raises the clear error

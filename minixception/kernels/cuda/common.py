@@ -23,6 +23,11 @@ def check_dy(dy, shape, dtype, what):
                          f"got {tuple(dy.shape)}")
 
 
+def on_gpu(*arrays):
+    """Whether every array given (None skipped) is a CuPy array: a kernel takes device pointers only."""
+    return all(is_gpu_array(a) for a in arrays if a is not None)
+
+
 def block_2d(channels, threads=256):
     """A (bx, by) block for a channels x columns launch: bx a power of two covering the channels
     (at most 32, a warp), by the rest of ``threads``."""

@@ -15,7 +15,7 @@ from ... import functional as F
 from ...backend import cupy_module
 from ...functional._checks import check_nhwc, check_same_dtype
 from ...functional.padding import conv_geometry, pair
-from . import compiles, function, launch
+from . import common, compiles, function, launch
 from .common import block_2d, check_dy, grid_3d
 
 MAX_TAPS = 49          # kernels up to 7x7 run here; larger ones (rare) run the reference
@@ -42,7 +42,7 @@ def supports(x, kernel=None, stride=1, padding="same"):
     Asked with ``x`` alone, it answers for the dtype; the forward then checks the rest and
     runs the reference for a call it cannot take (its backward follows the cache).
     """
-    if str(x.dtype) not in ("float32", "float64"):
+    if str(x.dtype) not in ("float32", "float64") or not common.on_gpu(x, kernel):
         return False
     if kernel is None:
         return True

@@ -15,7 +15,7 @@ from ... import functional as F
 from ...backend import cupy_module
 from ...functional._checks import check_nhwc
 from ...functional.padding import conv_geometry, pair
-from . import compiles, function, launch
+from . import common, compiles, function, launch
 from .common import block_2d, check_dy, grid_3d
 
 MAX_TAPS = 255         # the winner is a uint8
@@ -35,7 +35,7 @@ def _geometry(pool_size, stride):
 
 def supports(x, pool_size=3, stride=2, padding="same"):
     """float32/float64 on the GPU, a window of at most 255 taps, the kernel compiled."""
-    if str(x.dtype) not in ("float32", "float64") or getattr(x, "ndim", 0) != 4:
+    if str(x.dtype) not in ("float32", "float64") or getattr(x, "ndim", 0) != 4 or not common.on_gpu(x):
         return False
     geo = _geometry(pool_size, stride)
     if geo is None or geo[0][0] * geo[0][1] > MAX_TAPS:

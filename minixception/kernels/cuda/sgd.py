@@ -53,7 +53,7 @@ def _kernel(which):
 
 def supports(w, grad=None, buf=None, lr=None, momentum=0.0, nesterov=False, weight_decay=0.0, regularize=True):
     """float32/float64 parameters on the GPU with gradient (and buffer) alike; not after a failed build."""
-    if str(w.dtype) not in ("float32", "float64") or str(w.dtype) in _failed:
+    if str(w.dtype) not in ("float32", "float64") or str(w.dtype) in _failed or not is_gpu_array(w):
         return False
     for a in (grad, buf):
         if a is not None and (not is_gpu_array(a) or a.dtype != w.dtype or a.shape != w.shape):
