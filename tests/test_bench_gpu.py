@@ -2,6 +2,7 @@
 channels_last and compute our network; on a GPU, one shape end to end."""
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -114,3 +115,13 @@ def test_launch_estimate_of_a_small_step():
     swapped_ref = sum(v[1] for v in ops.values())
     swapped_fast = sum(v[2] for v in ops.values())
     assert r["reference"] - r["fast"] == swapped_ref - swapped_fast
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_zero():
+    if mx.gpu_available():
+        pytest.skip("a GPU is present")
+    if shutil.which("bash") is None:
+        pytest.skip("bash not found")
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no usable GPU here" in r.stdout and "nothing to check" in r.stdout
