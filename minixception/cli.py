@@ -133,6 +133,13 @@ def cmd_train(args):
         settings = settings_from_args(args)
     from .data import ChecksumError, DatasetUnavailable
     from .train import NonFiniteLoss
+    if args.device == "gpu":                   # before any work: one line, not a traceback from deep inside
+        from .backend import check_device
+        try:
+            check_device("gpu")
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     try:
         history = run_training(settings, args.out, args.epochs, device=args.device, resume=args.resume,

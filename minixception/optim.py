@@ -25,13 +25,15 @@ import numbers
 
 import numpy as np
 
+from . import kernels
 from .backend import device_of, to_device, to_numpy
 
 
 def sgd_update(w, grad, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0, regularize=True):
     """One parameter's SGD step, in place on ``w``; returns its momentum buffer (None without momentum).
 
-    ``buf`` is None on the first step (the buffer starts as the gradient).
+    The reference the fused GPU kernel (``kernels/cuda/sgd.py``) is proven equal to;
+    ``buf`` is None on the first step.
     """
     g = grad
     if weight_decay and regularize:
@@ -45,6 +47,9 @@ def sgd_update(w, grad, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
         g = g + momentum * buf if nesterov else buf
     w -= lr * g
     return buf
+
+
+kernels.register_reference("sgd_update", sgd_update, None)
 
 
 class SGD:
@@ -75,8 +80,9 @@ class SGD:
             buf = p.state.get(_BUFFER)
             if buf is not None:
                 _check_buffer(i, buf, p)
-            buf = sgd_update(p.data, p.grad, buf, self.lr, self.momentum, self.nesterov,
-                             self.weight_decay, p.regularize)
+            update = kernels.select("sgd_update", p.data, p.grad, buf)   # one fused kernel on the GPU
+            buf = update.forward(p.data, p.grad, buf, self.lr, self.momentum, self.nesterov,
+                                 self.weight_decay, p.regularize)
             if buf is not None:
                 p.state[_BUFFER] = buf
         self.steps += 1

@@ -53,14 +53,13 @@ class NonFiniteLoss(FloatingPointError):
 # -- small helpers ----------------------------------------------------------------------
 
 def _dropout_states(model):
-    return [m._host_rng.bit_generator.state for m in model.modules() if isinstance(m, Dropout)]
+    return [m.rng_state() for m in model.modules() if isinstance(m, Dropout)]
 
 
 def _set_dropout_states(model, states):
     drops = [m for m in model.modules() if isinstance(m, Dropout)]
     for m, st in zip(drops, states or []):
-        m._host_rng = rng_from_state(st)
-        m._device_rng = None
+        m.set_rng_state(st)
 
 
 def write_metrics(path, rows, fields=FIELDS):

@@ -116,3 +116,4 @@ def _register_references():
 _register_references()
 
 from . import cpu  # noqa: E402,F401  (registers the CPU loader; numba is imported only on first use)
+from . import cuda  # noqa: E402,F401  (registers the GPU loader; CuPy is used only on first use)

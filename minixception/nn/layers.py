@@ -305,7 +305,13 @@ class Dense(OpLayer):
 
 
 class Dropout(OpLayer):
-    """Inverted dropout with its own seeded generator; the identity in eval mode. Any shape."""
+    """Inverted dropout with its own seeded generators; the identity in eval mode. Any shape.
+
+    On the CPU the mask comes from a ``numpy.random.Generator``; on the GPU from a
+    counter-based generator drawn on the device (``kernels.cuda.rng.CounterRNG``), keyed
+    from the host generator on first GPU use. ``rng_state()`` / ``set_rng_state()`` cover
+    both, so a checkpoint resumes with exactly the masks an uninterrupted run draws.
+    """
 
     op = "dropout"
 
@@ -315,18 +321,40 @@ class Dropout(OpLayer):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
         self.rate = rate
         self._host_rng = as_generator(rng)
-        self._device_rng = None   # a cupy Generator, seeded from the host one, made on first GPU use
+        self._device_rng = None   # a CounterRNG keyed from the host generator, made on first GPU use
 
     def _rng_for(self, x):
         if not is_gpu_array(x):
             return self._host_rng
         if self._device_rng is None:
-            xp = get_array_module(x)
-            self._device_rng = xp.random.default_rng(int(self._host_rng.integers(2**63 - 1)))
+            from ..kernels.cuda.rng import CounterRNG
+            self._device_rng = CounterRNG(int(self._host_rng.integers(2**63 - 1)))
         return self._device_rng
 
     def op_arguments(self, x):
         return (self.rate, self._rng_for(x), self.training)
+
+    def rng_state(self) -> dict:
+        """``{"host": <numpy bit-generator state>, "device": {"key", "counter"} or None}`` (JSON-able)."""
+        return {"host": self._host_rng.bit_generator.state,
+                "device": None if self._device_rng is None else self._device_rng.state()}
+
+    def set_rng_state(self, state) -> None:
+        """Restore what :meth:`rng_state` returned (a bare NumPy bit-generator state: host only)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"Dropout.set_rng_state: expected the dict rng_state() returns, got {type(state).__name__}")
+        if "bit_generator" in state:                       # the host state alone (older checkpoints)
+            state = {"host": state, "device": None}
+        if set(state) != {"host", "device"}:
+            raise ValueError(f"Dropout.set_rng_state: expected keys 'host' and 'device', got {sorted(state)}")
+        host = state["host"]
+        bg = getattr(np.random, host["bit_generator"])()
+        bg.state = host
+        device = None
+        if state["device"] is not None:
+            from ..kernels.cuda.rng import CounterRNG
+            device = CounterRNG.from_state(state["device"])
+        self._host_rng, self._device_rng = np.random.Generator(bg), device
 
 
 class Flatten(Module):
