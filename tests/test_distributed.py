@@ -256,3 +256,46 @@ def test_gradient_allreduce_broadcast_and_drift_check(tmp_path):
         assert r["bn_buffer_err"] < 1e-12
         assert r["drift_ok"]
         assert r["drift_error"] and r["drift_name"] in r["drift_error"] and "1 array" in r["drift_error"]
+
+
+def test_nccl_calls_are_plumbed_in_place_on_the_current_stream(monkeypatch):
+    """No GPU here: NCCL's path runs against recording stand-ins for cupy and cupy.cuda.nccl
+    (argument plumbing only; a GPU machine with NCCL runs the real thing)."""
+    import types
+    calls = []
+
+    class Communicator:
+        def __init__(self, ndev, uid, rank):
+            calls.append(("init", ndev, uid, rank))
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            calls.append(("allReduce", send, recv, count, dtype, op, stream))
+
+        def bcast(self, buf, count, dtype, root, stream):
+            calls.append(("bcast", buf, count, dtype, root, stream))
+
+    nccl = types.SimpleNamespace(get_unique_id=lambda: (42,), NcclCommunicator=Communicator, NCCL_SUM=0,
+                                 NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+    stream = types.SimpleNamespace(ptr=99)
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(get_current_stream=lambda: stream))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+
+    class Comm:                            # rank 1 of 2: receives rank 0's unique id
+        def Get_rank(self):
+            return 1
+
+        def Get_size(self):
+            return 2
+
+        def bcast(self, obj, root=0):
+            calls.append(("mpi bcast", obj, root))
+            return (42,)
+
+    comm = D._NcclComm(nccl, Comm())
+    buf = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1234), size=10, dtype=np.dtype(np.float64))
+    comm.allreduce_sum_(buf)
+    comm.broadcast_(buf, 0)
+    assert calls == [("mpi bcast", None, 0), ("init", 2, (42,), 1), ("allReduce", 1234, 1234, 10, 8, 0, 99),
+                     ("bcast", 1234, 10, 8, 0, 99)]
+    with pytest.raises(TypeError, match="float32 or float64"):
+        comm.allreduce_sum_(types.SimpleNamespace(data=buf.data, size=3, dtype=np.dtype(np.int32)))
