@@ -101,8 +101,8 @@ assert err_fixed < 1e-12
 r"""
 **Batch norm in training mode breaks the identity.** It normalises every image with the mean and
 variance *of its batch*, so an image's loss depends on the other images in the batch. If each rank
-normalises its own slice — what data-parallel replicas did by default when the paper was written —
-K workers compute a different function from one worker: each slice's statistics are noisier
+normalises its own slice — all an ordinary batch norm layer on one rank can do, since it sees
+only that rank's images — K workers compute a different function from one worker: each slice's statistics are noisier
 estimates of the full batch's. The same check in training mode:
 """
 
@@ -265,8 +265,8 @@ print(inspect.getsource(D.Group.allreduce_sum_))
 # %% [markdown]
 r"""
 NumPy buffers go to MPI's `Allreduce` directly. On GPUs, `Group` uses NCCL through
-`cupy.cuda.nccl` when CuPy can load it — NCCL runs ring (and tree) allreduces between GPU
-buffers — and otherwise stages each bucket through host memory. Which algorithm MPI picks inside
+`cupy.cuda.nccl` when CuPy can load it — the same collective, run between GPU buffers without a
+trip through host memory — and otherwise stages each bucket through host memory. Which algorithm MPI picks inside
 `Allreduce` is the library's choice; the cost model above is the one the bandwidth-optimal
 algorithms share.
 
@@ -327,7 +327,7 @@ ax.axhline(alpha * 1e6, color="gray", lw=0.8); ax.text(sizes[0], alpha * 1e6 * 1
 ax.set_xlabel("message size (bytes)"); ax.set_ylabel("time (us)"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
 ax.set_title("Small messages pay the latency, large ones the bandwidth")
 fig.tight_layout(); plt.show()
-assert t[-1] > 10 * t[0]                     # the large messages are bandwidth-bound, not free
+assert t[-1] > 10 * alpha                    # the large messages are bandwidth-bound, not free
 
 # %% [markdown]
 r"""
@@ -336,9 +336,10 @@ r"""
 Now the real thing: the command line, once as **one process** with a batch of 16, and as
 **two MPI processes** with 8 images each, `--sync-bn`, both in float64 with the same seed, data
 order and augmentation (`--batch-size` is always the global batch; each rank takes its contiguous
-slice of every batch). Float64 matters: in float32 a change of summation order alone (one thread
-vs two) moves one step's gradients by parts in a thousand, and training amplifies that, so only
-float64 can show that the two runs compute the same thing. A third run, two ranks *without*
+slice of every batch). Float64 matters: the two runs add the same numbers in different orders
+(within each slice, then across the ranks), and training amplifies rounding differences step after
+step; in float64 they start near $10^{-16}$, far enough below any tolerance that agreement shows
+the two runs compute the same thing. A third run, two ranks *without*
 `--sync-bn`, shows the per-rank batch norm of section 1 at work.
 """
 
