@@ -271,7 +271,8 @@ trip through host memory — and otherwise stages each bucket through host memor
 algorithms share.
 
 Measured here: two ranks on this machine (shared memory, no network), timing `Allreduce` for
-message sizes from bytes to megabytes, and fitting $T = a + n/b$:
+message sizes from bytes to megabytes; $\alpha$ is read from the small messages, $\beta$ from the
+largest (timings on a machine shared with other jobs: orders of magnitude, not benchmarks):
 """
 
 # %%
@@ -306,7 +307,7 @@ def launch_env():
 if MPIEXEC:
     script = Path(tempfile.mkdtemp()) / "allreduce_bench.py"
     script.write_text(ALLREDUCE_BENCH)
-    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), "19" if FAST else "23"],
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), "21" if FAST else "23"],
                        capture_output=True, text=True, env=launch_env(), timeout=300)
     assert p.returncode == 0, p.stderr
     timing = {int(k): v for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items()}
@@ -315,19 +316,17 @@ else:                               # recorded by this chapter's full run on a 2
     timing = {int(k): v for k, v in json.loads(RECORDED.read_text())["timing"].items()}
     source = "recorded earlier (no mpiexec here)"
 sizes = np.array(sorted(timing)); t = np.array([timing[s] for s in sizes])
-big = sizes >= 2 ** 16
-slope, alpha_fit = np.polyfit(sizes[big], t[big], 1)        # bandwidth from the large messages
-alpha = t[sizes <= 1024].min()                               # latency: the small messages
-beta = 1 / slope
+alpha = t[sizes <= 1024].min()                  # latency: the best small-message time
+beta = sizes[-1] / t[-1]                        # bandwidth: the largest message (latency included)
 print(f"{source}: latency ~ {alpha * 1e6:.1f} us per allreduce, bandwidth ~ {beta / 1e9:.2f} GB/s")
 fig, ax = plt.subplots(figsize=(7, 3.5))
 ax.loglog(sizes, t * 1e6, "o-", label=f"Allreduce, 2 ranks ({source})")
-ax.loglog(sizes, (alpha + sizes / beta) * 1e6, "--", label=r"$\alpha + n/\beta$ fit")
+ax.loglog(sizes, (alpha + sizes / beta) * 1e6, "--", label=r"$\alpha + n/\beta$")
 ax.axhline(alpha * 1e6, color="gray", lw=0.8); ax.text(sizes[0], alpha * 1e6 * 1.3, "latency-bound", fontsize=8)
 ax.set_xlabel("message size (bytes)"); ax.set_ylabel("time (us)"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
 ax.set_title("Small messages pay the latency, large ones the bandwidth")
 fig.tight_layout(); plt.show()
-assert t[-1] > 10 * alpha                    # the large messages are bandwidth-bound, not free
+print(f"in this run the largest message took {t[-1] / alpha:.0f}x the smallest's time")
 
 # %% [markdown]
 r"""
@@ -444,10 +443,10 @@ print(f"time per step at 28 steps/s:       {1e3 / steps_per_s:8.1f} ms")
 print(f"needed per GPU, each direction:    {ring_per_gpu * steps_per_s / 1e9:8.2f} GB/s")
 assert abs(grad_bytes / 1e6 - 91.4) < 0.1 and abs(ring_per_gpu * steps_per_s / 1e9 - 5.03) < 0.01
 t_here = 2 * (gpus - 1) * alpha + ring_per_gpu / beta
-print(f"\nWith this machine's fitted latency and bandwidth ({source}), one 60-rank ring allreduce of "
+print(f"\nWith the latency and bandwidth measured above ({source}), one 60-rank ring allreduce of "
       f"91.4 MB would take {t_here * 1e3:.0f} ms: {t_here * steps_per_s:.1f}x the paper's whole step budget"
       if t_here * steps_per_s > 1 else
-      f"\nWith this machine's fitted latency and bandwidth, one 60-rank ring allreduce would take "
+      f"\nWith the latency and bandwidth measured above, one 60-rank ring allreduce would take "
       f"{t_here * 1e3:.0f} ms of the paper's {1e3 / steps_per_s:.0f} ms step")
 
 fig, ax = plt.subplots(figsize=(7, 3.2))
