@@ -1,6 +1,7 @@
 """Run under ``mpiexec -n K`` by tests/test_distributed.py: collective checks that need real ranks.
 
-    mpiexec -n 2 python tests/_mpi_worker.py OUT_DIR
+    mpiexec -n 2 python tests/_mpi_worker.py OUT_DIR            # collectives, gradients, drift
+    mpiexec -n 2 python tests/_mpi_worker.py OUT_DIR resume     # Ctrl-C mid-epoch, then --resume
 
 Each rank writes ``OUT_DIR/rank<r>.json`` with what it measured; the test reads and asserts.
 Everything is float64 and seeded, so the single-process reference can be computed on every rank.
@@ -73,5 +74,25 @@ def main(out):
         json.dump(r, f)
 
 
+def interrupted_then_resumed(out):
+    """Train 2 epochs of 4 steps with Ctrl-C (simulated) after step 3, then resume to the end."""
+    from minixception.runs import DEFAULTS, run_training
+    group = D.init("cpu")
+    settings = dict(DEFAULTS, width=0.25, middle_blocks=1, subset=64, batch_size=16, dtype="float64",
+                    schedule="step")
+    quiet = dict(progress=False, verbose=False)
+    try:
+        run_training(settings, out, 2, distributed=D.DataParallel(group, sync_bn=True),
+                     interrupt_after_steps=3, **quiet)
+        raise AssertionError("the simulated Ctrl-C did not stop training")
+    except KeyboardInterrupt:
+        pass
+    run_training(settings, out, 2, resume=f"{out}/checkpoint.npz", distributed=D.DataParallel(group, sync_bn=True),
+                 **quiet)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["resume"]:
+        interrupted_then_resumed(sys.argv[1])
+    else:
+        main(sys.argv[1])

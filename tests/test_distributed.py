@@ -194,6 +194,23 @@ def test_two_ranks_with_sync_bn_reproduce_one_process(tmp_path):
     assert worst < 1e-7, worst
 
 
+def test_two_ranks_interrupted_mid_epoch_then_resumed_equal_one_uninterrupted_process(tmp_path):
+    """Ctrl-C after step 3 of 8 under 2 ranks: rank 0's checkpoint (the epoch's partial sums counted
+    once), then a 2-rank resume, ends where one process running straight through ends."""
+    _mpiexec()
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(one, extra=["--subset", "64", "--batch-size", "16", "--epochs", "2", "--schedule", "step"])
+    _run([sys.executable, str(ROOT / "tests" / "_mpi_worker.py"), str(two), "resume"], ranks=2)
+    m1, m2 = _metrics(one), _metrics(two)
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert abs(float(a[key]) - float(b[key])) < 1e-9, (key, a[key], b[key])
+    w1, w2 = _arrays(one), _arrays(two)
+    assert w1.keys() == w2.keys()
+    assert max(_rel_l2(w1[k], w2[k]) for k in w1) < 1e-7
+
+
 def test_two_ranks_without_sync_bn_use_per_rank_statistics(tmp_path):
     """One step without --sync-bn equals the hand computation: each half normalised alone."""
     _mpiexec()
