@@ -75,6 +75,16 @@ def _add_train_args(p):
     p.add_argument("--out", default=DEFAULTS["out"],
                    help="run folder: metrics.csv, curves.png, checkpoint.npz (default %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS["dtype"],
+                   help="the model's and the batches' float type (default %(default)s; float64 for exact "
+                        "comparisons)")
+    p.add_argument("--distributed", action="store_true",
+                   help="synchronous data-parallel SGD over MPI, one process per CPU socket or GPU: "
+                        "mpiexec -n K python -m minixception train --distributed ...; --batch-size is the "
+                        "global batch, split evenly over the K ranks")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm uses the statistics of the whole global batch "
+                        "(allreduced), so K ranks compute exactly what one process would")
 
 
 def build_parser():
@@ -128,7 +138,6 @@ def cmd_train(args):
         settings = read_meta(args.resume).get("settings")
         if not settings:
             raise SystemExit(f"{args.resume}: the checkpoint holds no run settings; cannot rebuild its model")
-        print(f"resuming {args.resume} with its settings: {json.dumps(settings)}", flush=True)
     else:
         settings = settings_from_args(args)
     from .data import ChecksumError, DatasetUnavailable
@@ -141,21 +150,53 @@ def cmd_train(args):
             print(f"error: {exc}", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
+    dist = None
     try:
+        dist = _data_parallel(args, settings)
+        if args.resume and (dist is None or dist.rank == 0):
+            print(f"resuming {args.resume} with its settings: {json.dumps(settings)}", flush=True)
         history = run_training(settings, args.out, args.epochs, device=args.device, resume=args.resume,
-                               progress=args.progress)
-    except (DatasetUnavailable, ChecksumError, NonFiniteLoss) as exc:
+                               progress=args.progress, distributed=dist)
+    except (DatasetUnavailable, ChecksumError, NonFiniteLoss, DistributedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"\n{exc}" if str(exc) else "\ninterrupted", file=sys.stderr)
         return 130
-    if history:
+    except BaseException:
+        if dist is None:
+            raise
+        # an error on one rank alone would leave the others waiting in a collective forever
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        dist.group.comm.Abort(1)
+    if history and (dist is None or dist.rank == 0):
         last = history[-1]
         print(f"done in {time.perf_counter() - t0:.1f} s: test accuracy {last['test_acc']:.3f} "
               f"(chance {1 / 10:.2f}); metrics in {args.out}/metrics.csv, curves in {args.out}/curves.png, "
               f"checkpoint {args.out}/checkpoint.npz")
     return 0
+
+
+class DistributedError(ValueError):
+    """--distributed / --sync-bn cannot run as asked (no MPI, one rank, batch not divisible)."""
+
+
+def _data_parallel(args, settings):
+    """None for a single process; else the DataParallel hooks for this rank (errors say how to launch)."""
+    if not args.distributed:
+        if args.sync_bn:
+            raise DistributedError("--sync-bn needs --distributed (launch: mpiexec -n K python -m "
+                                   "minixception train --distributed --sync-bn ...)")
+        return None
+    from .distributed import DataParallel, DistributedUnavailable, init
+    try:
+        dp = DataParallel(init(args.device), sync_bn=args.sync_bn)
+        dp.check_batch_size(settings["batch_size"])
+    except (DistributedUnavailable, ValueError) as exc:
+        raise DistributedError(str(exc)) from None
+    return dp
 
 
 def cmd_summary(args):

@@ -13,12 +13,13 @@ from __future__ import annotations
 DEFAULTS = dict(data="shapes", model="mini", epochs=6, batch_size=64, lr=0.05, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", subset=4000, device="cpu", seed=0,
                 out="runs/train", width=0.5, middle_blocks=2, residual=True, intermediate="none",
-                dropout=0.0, augment=True, bn_momentum=0.9, polyak=None, fc_layers=())
+                dropout=0.0, augment=True, bn_momentum=0.9, polyak=None, fc_layers=(),
+                dtype="float32")
 
 # settings that define the run (stored in checkpoints; a resume takes them from there)
 RUN_KEYS = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "subset",
             "seed", "width", "middle_blocks", "residual", "intermediate", "dropout", "augment",
-            "bn_momentum", "polyak", "fc_layers")
+            "bn_momentum", "polyak", "fc_layers", "dtype")
 
 
 def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
@@ -27,7 +28,8 @@ def build_model(settings, num_classes=10, input_shape=(32, 32, 3)):
     inter = None if settings.get("intermediate", "none") == "none" else settings["intermediate"]
     fc = tuple(settings.get("fc_layers") or ())
     common = dict(residual=settings.get("residual", True), intermediate=inter,
-                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0), fc_layers=fc)
+                  dropout=settings.get("dropout", 0.0), rng=settings.get("seed", 0), fc_layers=fc,
+                  dtype=settings.get("dtype", "float32"))
     if settings["model"] == "mini":
         model = models.mini_xception(num_classes, width=settings.get("width", 1.0),
                                      middle_blocks=settings.get("middle_blocks", 2), **common)

@@ -145,24 +145,43 @@ def _check_finite(loss_sum, epoch, step, lr):
     return v
 
 
-def evaluate(model, x, y, batch_size, mean, std):
-    """Mean loss and accuracy over (x, y) in eval mode, without caches -> (loss, acc) floats."""
+def evaluate(model, x, y, batch_size, mean, std, distributed=None):
+    """Mean loss and accuracy over (x, y) in eval mode, without caches -> (loss, acc) floats.
+
+    distributed: a ``DataParallel``; each rank evaluates its contiguous shard, the sums are reduced.
+    """
     was_training = model.training
     model.eval()
     xp = get_array_module(x)
+    n = x.shape[0]
+    if distributed is not None:
+        lo, hi = distributed.group.shard(n)
+        x, y = x[lo:hi], y[lo:hi]
     loss_sum = xp.zeros((), dtype=xp.float64)
     correct = xp.zeros((), dtype=xp.int64)
     try:
         with inference_mode():
-            for xb, yb in BatchIterator(x, y, batch_size, mean, std):
+            for xb, yb in BatchIterator(x, y, batch_size, mean, std, dtype=_dtype_of(model)):
                 logits = model(xb)
                 loss, _ = softmax_cross_entropy(logits, yb)
                 loss_sum += loss * xb.shape[0]
                 correct += (logits.argmax(axis=1) == yb).sum()
     finally:
         model.train(was_training)
-    n = x.shape[0]
-    return float(loss_sum) / n, int(correct) / n
+    loss_sum, correct = _reduce(distributed, float(loss_sum), int(correct))
+    return loss_sum / n, int(correct) / n
+
+
+def _dtype_of(model):
+    """The floating dtype the model computes in (its parameters'); batches are made in it."""
+    return str(model.parameters()[0].data.dtype)
+
+
+def _reduce(distributed, *values):
+    """Host numbers summed over the ranks (unchanged in a single process)."""
+    if distributed is None:
+        return values
+    return tuple(distributed.group.sum(values))
 
 
 def _polyak_checkpoint(avg):
@@ -187,7 +206,8 @@ def _polyak_resume(model, decay, meta):
 
 def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
         schedule="cosine", device="cpu", seed=0, augment=True, resume=None, settings=None,
-        progress=True, verbose=True, sync_every=None, interrupt_after_steps=None, polyak=None):
+        progress=True, verbose=True, sync_every=None, interrupt_after_steps=None, polyak=None,
+        distributed=None):
     """Train ``model`` on ``data`` (dict x_train, y_train, x_test, y_test: host uint8 / int) -> history.
 
     out: the run folder (metrics.csv, curves.png, checkpoint.npz go directly in it).
@@ -202,11 +222,20 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
     polyak: a decay (e.g. 0.999) to keep a Polyak average of the weights, updated after every
       step, saved in the checkpoint; each epoch evaluates the test set with the raw and with the
       averaged weights (columns ``polyak_test_loss``, ``polyak_test_acc``).
+    distributed: a ``minixception.distributed.DataParallel`` (one per rank under mpiexec):
+      ``batch_size`` is the global batch, each rank trains on its slice of it, gradients are
+      allreduced, evaluation is sharded; rank 0 alone writes files and prints.
     Returns the list of per-epoch metric rows (also in ``out/metrics.csv``).
     """
     check_device(device)
+    dist = distributed
+    writer = dist is None or dist.rank == 0           # rank 0 alone writes and prints
+    progress, verbose = progress and writer, verbose and writer
+    if dist is not None:
+        dist.check_batch_size(batch_size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
     x_test, y_test = np.asarray(data["x_test"]), np.asarray(data["y_test"], dtype=np.int64)
     n_classes = _num_outputs(model)
@@ -220,9 +249,11 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
     x_test_d, y_test_d = to_device(x_test, device), to_device(y_test, device)
     # drop a last batch of one image: batch norm cannot train on it
     drop_last = x_train.shape[0] % batch_size == 1
+    if dist is not None:        # ... nor on a rank's slice of it: each rank needs two images
+        drop_last = 0 < x_train.shape[0] % batch_size < 2 * dist.size
     rng = np.random.default_rng(seed)
     train_iter = BatchIterator(x_train_d, y_train_d, batch_size, mean, std, shuffle=True,
-                               augment=augment, rng=rng, drop_last=drop_last)
+                               augment=augment, rng=rng, drop_last=drop_last, dtype=_dtype_of(model))
     steps = len(train_iter)
     opt = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_schedule(schedule, lr, epochs)
@@ -237,9 +268,13 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
         train_iter.rng = rng = rng_from_state(meta["data_rng"])
         _set_dropout_states(model, meta.get("dropout_rngs"))
         partial = meta.get("partial")
+    if dist is not None:
+        dist.attach(model, opt)                        # rank 0's weights (and resumed state) everywhere
+        _split_dropout_streams(model, dist.rank)
     avg = None if polyak is None else _polyak_resume(model, polyak, meta if resume is not None else {})
     fields = FIELDS + POLYAK_FIELDS if avg is not None else FIELDS
-    write_metrics(out / METRICS, history, fields)
+    if writer:
+        write_metrics(out / METRICS, history, fields)
 
     xp = get_array_module(x_train_d)
     done_steps = 0
@@ -250,7 +285,7 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
             loss_sum = xp.zeros((), dtype=xp.float64)
             correct = xp.zeros((), dtype=xp.int64)
             seen = seen_now = 0                               # this epoch / this call
-            if skip and partial:
+            if skip and partial and writer:                  # global sums: counted once, on rank 0
                 loss_sum += partial["loss_sum"]
                 correct += int(partial["correct"])
                 seen = int(partial["seen"])
@@ -261,11 +296,17 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
             interrupted = False
             try:
                 for xb, yb in train_iter.epoch(skip):
+                    if dist is not None:                         # this rank's slice of the global batch
+                        xb, yb = dist.local_batch(xb, yb)
                     opt.lr = sched(epoch + step / steps)
                     opt.zero_grad()
                     logits = model(xb)
                     loss, dlogits = softmax_cross_entropy(logits, yb)
+                    if dist is not None:                         # its share of the global mean loss
+                        dlogits *= dist.weight
                     model.backward(dlogits)
+                    if dist is not None:
+                        dist.allreduce_gradients()
                     opt.step()
                     if avg is not None:
                         avg.update()
@@ -277,40 +318,54 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                     step += 1
                     done_steps += 1
                     if step % sync_every == 0 or step == steps:
-                        cur = _check_finite(loss_sum, epoch, step, opt.lr)
+                        cur, cor, sn = _reduce(dist, float(loss_sum), int(correct), seen)
+                        cur = _check_finite(cur, epoch, step, opt.lr)
                         if bar is not None:
-                            bar.set_postfix(loss=f"{cur / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                            bar.set_postfix(loss=f"{cur / sn:.3f}", acc=f"{int(cor) / sn:.3f}",
                                             lr=f"{opt.lr:.3g}")
                     if bar is not None:
                         bar.update(1)
-                    if guard.requested or (interrupt_after_steps is not None
-                                           and done_steps >= interrupt_after_steps):
+                    stop = guard.requested or (interrupt_after_steps is not None
+                                               and done_steps >= interrupt_after_steps)
+                    if dist is not None:                         # all ranks stop at the same step
+                        stop = dist.group.any(stop)
+                    if stop:
                         interrupted = True
                         break
             finally:
                 if bar is not None:
                     bar.close()
+            if dist is not None:
+                loss_sum, correct, seen, seen_now = _reduce(dist, float(loss_sum), int(correct), seen, seen_now)
             if interrupted:
                 _check_finite(loss_sum, epoch, step, opt.lr)
-                extra, pmeta = _polyak_checkpoint(avg)
-                path = save_checkpoint(
-                    out / CHECKPOINT, model, opt, extra=extra, epoch=epoch, step=step, data_rng=epoch_rng_state,
-                    dropout_rngs=_dropout_states(model), history=history, settings=settings,
-                    partial={"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}, **pmeta)
+                path = out / CHECKPOINT
+                if dist is not None:
+                    dist.end_epoch(model, opt)
+                if writer:
+                    extra, pmeta = _polyak_checkpoint(avg)
+                    path = save_checkpoint(
+                        out / CHECKPOINT, model, opt, extra=extra, epoch=epoch, step=step, data_rng=epoch_rng_state,
+                        dropout_rngs=_dropout_states(model), history=history, settings=settings,
+                        partial={"loss_sum": float(loss_sum), "correct": int(correct), "seen": int(seen)}, **pmeta)
                 raise KeyboardInterrupt(f"training interrupted at epoch {epoch + 1}, step {step}; "
                                         f"saved {path} (continue with --resume {path})")
             train_time = time.perf_counter() - t0
             train_loss = _check_finite(loss_sum, epoch, step, opt.lr) / max(seen, 1)
             train_acc = int(correct) / max(seen, 1)
-            test_loss, test_acc = evaluate(model, x_test_d, y_test_d, batch_size, mean, std)
+            if dist is not None:       # BN statistics made equal (per-rank BN), then a drift check
+                dist.end_epoch(model, opt)
+            test_loss, test_acc = evaluate(model, x_test_d, y_test_d, batch_size, mean, std, dist)
             row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                        test_acc=test_acc, lr=lr_epoch, images_per_s=seen_now / max(train_time, 1e-9),
                        epoch_time_s=time.perf_counter() - t0)
             if avg is not None:
                 with avg.applied():
                     row["polyak_test_loss"], row["polyak_test_acc"] = evaluate(
-                        model, x_test_d, y_test_d, batch_size, mean, std)
+                        model, x_test_d, y_test_d, batch_size, mean, std, dist)
             history.append(row)
+            if not writer:
+                continue
             append_metrics(out / METRICS, row, fields)
             extra, pmeta = _polyak_checkpoint(avg)
             save_checkpoint(out / CHECKPOINT, model, opt, extra=extra, epoch=epoch + 1, step=0,
@@ -324,9 +379,18 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                          if avg is not None else "")
                       + f"lr {lr_epoch:.4g} | "
                       f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f} s", flush=True)
-    if history and not (out / CURVES).exists():
+    if writer and history and not (out / CURVES).exists():
         plot_curves(out / CURVES, history, title=settings.get("title"))
     return history
+
+
+def _split_dropout_streams(model, rank):
+    """Rank r > 0 draws its dropout masks from stream r of rank 0's generator (PCG64 ``jumped``):
+    ranks must not repeat each other's masks on their different slices."""
+    for m in model.modules():
+        if isinstance(m, Dropout) and rank:
+            m._host_rng = np.random.Generator(m._host_rng.bit_generator.jumped(rank))
+            m._device_rng = None
 
 
 def _progress(enabled, total, initial, desc):
