@@ -73,6 +73,7 @@ def test_figure5_boxes_are_the_models_layers():
     assert labels["predictions"] == "Fully connected, 1000"
     assert "block6_sepconv1" not in labels                           # the repeated middle modules are drawn once
     assert labels["block13_shortcut:shortcut"] == "Conv 1024, 1x1, stride 2x2"
+    assert "block13_shortcut" not in labels                          # beside the main path, not in it
     shortcuts = [k for k in labels if k.endswith(":shortcut")]
     assert len(shortcuts) == 5                                       # blocks 2, 3, 4, 13 and the middle module's identity
     assert "repeated 8 times" in fig.axes[1].get_title()
