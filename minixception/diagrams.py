@@ -51,14 +51,16 @@ class SourceView:
     def missing(self):
         return [label for label, line in self.marked.items() if line is None]
 
-    def _repr_markdown_(self):
+    def markdown(self):
+        """The listing as Markdown: a fenced ``python`` block (highlighted by Jupyter and GitHub)."""
         out = f"`{self.name}`:\n\n```python\n{self.text}\n```\n"
         if self.missing():
             out += "\n*(no line of this version matches: " + "; ".join(self.missing()) + ")*\n"
         return out
 
     def __repr__(self):
-        return f"# {self.name}\n{self.text}"
+        # short on purpose: show_source has already displayed the listing
+        return f"<source of {self.name}, marked lines {self.marked}>"
 
 
 def show_source(fn, marks=None):
@@ -71,9 +73,9 @@ def show_source(fn, marks=None):
     try:
         from IPython.display import Markdown, display
     except ImportError:                      # outside IPython: plain text
-        print(repr(view))
+        print(f"# {view.name}\n{view.text}")
     else:
-        display(Markdown(view._repr_markdown_()))
+        display(Markdown(view.markdown()))
     return view
 
 

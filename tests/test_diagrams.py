@@ -112,8 +112,8 @@ def test_source_view_marks_the_line_that_computes():
     view = D.SourceView(f, {r"@": "Y = X W", r"nothing_like_this": "absent"})
     line = view.lines[view.marked["Y = X W"] - 1]
     assert line.strip().startswith("z = y @ w") and line.endswith("# <-- Y = X W")
-    assert view.missing() == ["absent"] and "absent" in view._repr_markdown_()
-    assert view._repr_markdown_().count("```") == 2
+    assert view.missing() == ["absent"] and "absent" in view.markdown()
+    assert view.markdown().count("```") == 2
     real = D.SourceView(mx.functional.conv2d_forward, {r"def conv2d_forward": "never: def lines are skipped"})
     assert real.missing() == ["never: def lines are skipped"]
     assert re.search(r"^def conv2d_forward", real.text, re.M)
