@@ -247,8 +247,8 @@ FastEval14k set with MAP@100; and ImageNet). The parts of the story a reader sho
   size makes overfitting unlikely); no auxiliary classifier tower.
 * **Polyak averaging at inference**: the weights evaluated are an exponential moving average
   of the trained weights, not the last iterate.
-* **Training infrastructure** (Section 4.4): 60 NVIDIA K80 GPUs, synchronous SGD on ImageNet
-  (about 3 days), asynchronous on JFT (over a month, not trained to full convergence).
+* **Training infrastructure** (Section 4.4): 60 NVIDIA K80 GPUs — the setting in which Table 3
+  measured the steps per second.
 * **JFT is the headline result** (Table 2, FastEval14k MAP@100, higher is better):
 
 | | without FC layers | with FC layers |
