@@ -411,12 +411,16 @@ ax.set_title(f"conv2d_forward on the CPU, batch {batch}, {hw}x{hw}")
 ax.legend(); plt.show()
 assert np.isfinite(slope) and slope > 0       # a positive rate (the int64 version of this fit overflowed)
 print(f"fitted rate: {1e-6 / slope:.2f} G multiply-adds per second on this machine, this run")
+spread = xs_t / (slope * ms)                 # measured time / the line's prediction, per point
+print(f"measured / fitted time: from {spread.min():.2f} to {spread.max():.2f}")
+assert 0.1 < spread.min() and spread.max() < 10       # a line through the origin, within 10x everywhere
 
 # %% [markdown]
 r"""
-How well does the line fit? The points scatter around it within a factor of a few: the $1\times1$
-convolutions skip im2col (cheaper per multiply-add) and small GEMMs run below the BLAS's peak. On
-a busy shared machine the scatter is larger; read the plot as a trend.
+How well does the line fit? The printed range says how far the points lie from it in this run.
+Two things bend it: the $1\times1$ convolutions skip im2col (cheaper per multiply-add), and small
+matrix products run below the BLAS's peak. On a busy shared machine the scatter is larger; read
+the plot as a trend, not a benchmark.
 """
 
 # %% [markdown]
