@@ -185,6 +185,9 @@ assert tot["pointwise"][0] > 20 * tot["depthwise"][0] and tot["pointwise"][1] > 
 assert all_p + 2 * sum(l.channels for _, l in leaves if isinstance(l, nn.BatchNorm2D)) == trainable
 assert 8.3e9 < all_m < 8.45e9                      # ~8.4 G multiply-adds per 299x299 image
 assert all_m > 1.4 * 5.7e9                         # > 40% more than Inception V3's ~5.7 G (published figure)
+print(f"multiply-adds per trainable parameter: Xception {all_m / trainable:.0f}, "
+      f"Inception V3 ~{5.7e9 / 23_626_728:.0f} (from its published ~5.7 G)")
+assert 350 < all_m / trainable < 380
 
 # %% [markdown]
 r"""
@@ -195,10 +198,12 @@ depthwise half is nonetheless a large share of the *time*, because it is memory-
 
 **Parameters are not compute.** Xception has about as many parameters as Inception V3 (3% fewer)
 but is *not* cheaper to run: about 8.4 G multiply-adds per image against about 5.7 G usually
-reported for Inception V3 at $299\times299$ — some 45% more arithmetic. Its weights sit at larger
-feature maps: a weight used at $19\times19$ costs 361 multiply-adds per image, one at $147\times147$ costs
-21,609. That, more than any inefficiency of separable convolutions, is why it trained at 28
-steps per second against Inception V3's 31 (Table 3, Section 4.5.2 "Size and speed").
+reported for Inception V3 at $299\times299$ — some 45% more arithmetic. How many multiply-adds a
+weight costs depends on the map it is used at: 361 per image at $19\times19$, 21,609 at $147\times147$;
+on average Xception's weights are used at larger maps (about 370 multiply-adds per parameter,
+against about 240 for Inception V3). More arithmetic is the plain reason to expect a slower step —
+it trained at 28 steps per second against Inception V3's 31 (Table 3, Section 4.5.2 "Size and
+speed") — and the memory-bound depthwise layers of chapter 4 may add to it.
 
 ## 4. Feature-map shapes through the network
 
