@@ -77,8 +77,9 @@ for name, branch in towers.items():
 r"""
 The paper's Figure 1, drawn by `mx.diagrams.inception_figure` from the module object we just built:
 each box's label is read off the layer it stands for (kernel size, output channels), so the picture
-cannot drift from the code. (Inception V3's published module, like torchvision's `InceptionA` and
-Keras's, keeps a $5\times5$ tower here; the paper's drawing of the idea uses $3\times3$ boxes.)
+cannot drift from the code. (This is the module as Inception V3's implementations build it —
+torchvision's `InceptionA`, Keras's first mixed blocks — with its $5\times5$ tower; the paper's
+Figure 1 is a schematic of the same four-tower idea.)
 """
 
 # %%
