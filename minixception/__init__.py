@@ -11,12 +11,15 @@ from . import models
 from .summary import count_params, summary
 from .kernels import use_kernels
 
-from . import data, diagrams
+from . import data
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
            "gpu_available", "to_device", "to_numpy", "__version__"]
-__all__ += ["data", "diagrams", "save_checkpoint", "load_checkpoint"]
+__all__ += ["data", "save_checkpoint", "load_checkpoint"]
 __all__ += ["models", "count_params", "summary", "use_kernels"]
+
+from . import diagrams  # noqa: E402  (figures and source listings; imports matplotlib only when drawing)
+__all__ += ["diagrams"]
