@@ -117,10 +117,12 @@ the three formulas marked:
 """
 
 # %%
-sgd_src = mx.diagrams.show_source(mx.optim.SGD.step, {
+# the update's reference code: a function of its own where the optimiser dispatches to kernels
+sgd_math = getattr(mx.optim, "sgd_update", None) or mx.optim.SGD.step
+sgd_src = mx.diagrams.show_source(sgd_math, {
     r"weight_decay\s*\*": "g + lambda w  (L2, only for kernels: p.regularize)",
-    r"buf\s*\+=|buf\s*=\s*.*momentum|momentum\s*\*\s*buf": "v <- mu v + (g + lambda w)",
-    r"\.data\s*-=|data\s*=.*-\s*.*lr": "w <- w - eta_t v",
+    r"buf\s*\+=|momentum\s*\*\s*buf": "v <- mu v + (g + lambda w)",
+    r"(\.data|\bw)\s*-=": "w <- w - eta_t v",
 })
 
 # %%
