@@ -20,3 +20,6 @@ __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_a
            "gpu_available", "to_device", "to_numpy", "__version__"]
 __all__ += ["data", "save_checkpoint", "load_checkpoint"]
 __all__ += ["models", "count_params", "summary", "use_kernels"]
+
+from . import diagrams  # noqa: E402  (figures and source listings; imports matplotlib only when drawing)
+__all__ += ["diagrams"]

@@ -5,6 +5,7 @@ committed notebooks, outputs and figures included, are never rewritten here). A 
 raises -- including a failed ``assert`` on one of the chapter's claims -- fails the test.
 """
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -73,6 +74,37 @@ def test_chapter_matches_its_source_and_is_executed(path):
     assert nb.metadata.get("minixception", {}).get("mode") in ("full", "fast")
     figures = [o for c in code for o in c.outputs if {"image/png", "image/jpeg"} & set(o.get("data", {}))]
     assert figures, f"{path.name} has no figure"
+
+
+SOURCES = sorted((CHAPTERS / "src").glob("[0-9][0-9]_*.py"))
+CORE = ("01", "03", "04", "05", "07")     # the chapters that derive ops: each shows its code and has a gradcheck exercise
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=[p.stem for p in SOURCES])
+def test_chapter_has_exercises_with_hints_and_solutions(src):
+    cells = _build.parse_source(src.read_text())
+    md = [body for kind, body in cells if kind == "markdown"]
+    ex = next((i for i, (kind, body) in enumerate(cells) if kind == "markdown" and "## Exercises" in body), None)
+    assert ex is not None, f"{src.name}: no '## Exercises' section"
+    exercises = cells[ex][1].split("## Exercises", 1)[1].split("## Solutions", 1)[0]
+    numbered = [line for line in exercises.splitlines() if re.match(r"\d+\. ", line)]
+    hints = exercises.count("<summary>Hint</summary>")
+    assert numbered and hints == len(numbered), f"{src.name}: {len(numbered)} exercises but {hints} hints"
+    assert "## Solutions" in cells[ex][1] or any("## Solutions" in b for b in md[md.index(cells[ex][1]):])
+    solutions = [body for kind, body in cells[ex + 1:] if kind == "code"]
+    assert solutions, f"{src.name}: the Solutions section has no code"
+    if src.stem[:2] in CORE:
+        assert any("mx.gradcheck.check_function" in body for body in solutions), \
+            f"{src.name}: a core chapter needs a write-your-own-op exercise checked with mx.gradcheck"
+        assert any("show_source(" in body for kind, body in cells if kind == "code"), \
+            f"{src.name}: a core chapter shows the package's code for what it derives"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=[p.stem for p in SOURCES])
+def test_chapter_cites_nothing_outside_the_repository(src):
+    text = src.read_text()
+    for bad in ("DESIGN.md", "../shared", "/work/", "design notes"):
+        assert bad not in text, f"{src.name} cites {bad!r}, which is not part of the repository"
 
 
 def test_source_parser_splits_cells():

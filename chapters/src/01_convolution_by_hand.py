@@ -179,6 +179,36 @@ for stride, padding in [(1, "valid"), (1, "same"), (2, "same"), (2, "valid"), (2
 
 # %% [markdown]
 r"""
+### The package's code
+
+Here is `mx.functional.conv2d_forward` itself, read from the installed package (not pasted),
+with the lines that compute the formulas above marked: the patch matrix $X_\text{col}$ (im2col),
+the product $Y = X_\text{col} W$, and the bias $+\,b$. The shape checks at the top are there so
+that a wrong input fails with a message naming the shapes, not deep inside a matrix product.
+`groups` is the grouped convolution of chapter 3; with `groups=1` the one-GEMM branch runs.
+"""
+
+# %%
+fwd_src = mx.diagrams.show_source(F.conv2d_forward, {
+    r"im2col\(": "X_col: the k*k shifted views (taps) of the padded input",
+    r"matmul": "Y = X_col W (one GEMM)",
+    r"\+=\s*bias|\+\s*bias": "+ b",
+})
+
+# %% [markdown]
+r"""
+The im2col helper it calls copies one tap at a time: $k_h k_w$ strided copies, no Python loop
+over pixels.
+"""
+
+# %%
+from minixception.functional import conv as conv_module
+im2col = next((getattr(conv_module, n) for n in ("_im2col", "im2col") if hasattr(conv_module, n)), None)
+if im2col is not None:
+    mx.diagrams.show_source(im2col)
+
+# %% [markdown]
+r"""
 ### A convolution on the photograph
 
 A hand-made kernel shows what a convolution *does*. The Sobel pair responds to horizontal
@@ -250,6 +280,20 @@ dx_transposed, _ = F.conv2d_forward(dy, K_rot, None, stride=1, padding=2)   # pa
 print("dx via col2im vs dx as a 'full' convolution:", np.abs(dx - dx_transposed).max())
 assert db is None and dK.shape == K.shape and dx.shape == x.shape
 assert np.allclose(dx, dx_transposed, atol=1e-12)
+
+# %% [markdown]
+r"""
+And the package's backward pass, `mx.functional.conv2d_backward`: the three gradients of the
+derivation are three lines, then col2im and the crop of the padding.
+"""
+
+# %%
+bwd_src = mx.diagrams.show_source(F.conv2d_backward, {
+    r"^\s*(dkernel|dk|dK|dw)\s*=": "dL/dW = X_col^T Delta",
+    r"^\s*(dcols|dcol)\s*=": "dL/dX_col = Delta W^T",
+    r"^\s*(dbias|db)\s*=": "dL/db = sum of Delta",
+    r"col2im\(": "col2im: each tap's gradient added back where it came from",
+})
 
 # %% [markdown]
 r"""
@@ -348,13 +392,15 @@ for k in (1, 3, 5):
         x = rng.standard_normal((batch, hw, hw, c)).astype(np.float32)
         K = rng.standard_normal((k, k, c, c)).astype(np.float32)
         F.conv2d_forward(x, K, padding="same")                  # warm-up
-        reps = 3
-        t0 = time.perf_counter()
-        for _ in range(reps):
+        best = np.inf
+        for _ in range(3):                                      # best of 3: the least disturbed run
+            t0 = time.perf_counter()
             F.conv2d_forward(x, K, padding="same")
-        xs_t.append((time.perf_counter() - t0) / reps * 1e3)
+            best = min(best, time.perf_counter() - t0)
+        xs_t.append(best * 1e3)
         ms.append(batch * hw * hw * k * k * c * c)
-ms, xs_t = np.array(ms), np.array(xs_t)
+# float, not int: the products below (sums of squares of counts up to ~1e10) overflow int64
+ms, xs_t = np.array(ms, dtype=np.float64), np.array(xs_t)
 
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(ms, xs_t, "o")
@@ -364,6 +410,19 @@ ax.loglog(line, slope * line, "--", label=f"linear fit: {1e-6 / slope:.1f} G mul
 ax.set_xlabel("multiply-adds per forward pass"); ax.set_ylabel("measured time (ms)")
 ax.set_title(f"conv2d_forward on the CPU, batch {batch}, {hw}x{hw}")
 ax.legend(); plt.show()
+assert np.isfinite(slope) and slope > 0       # a positive rate (the int64 version of this fit overflowed)
+print(f"fitted rate: {1e-6 / slope:.2f} G multiply-adds per second on this machine, this run")
+spread = xs_t / (slope * ms)                 # measured time / the line's prediction, per point
+print(f"measured / fitted time: from {spread.min():.2f} to {spread.max():.2f}")
+assert 0.05 < spread.min() and spread.max() < 20      # a line through the origin: no point off by 20x
+
+# %% [markdown]
+r"""
+How well does the line fit? The printed range says how far the points lie from it in this run.
+Two things bend it: the $1\times1$ convolutions skip im2col (cheaper per multiply-add), and small
+matrix products run below the BLAS's peak. On a busy shared machine the scatter is larger; read
+the plot as a trend, not a benchmark.
+"""
 
 # %% [markdown]
 r"""
@@ -380,10 +439,81 @@ r"""
 ## Exercises
 
 1. Show from the output-size formula that TensorFlow's `"same"` padding always gives
-   $n_\text{out} = \lceil n/s \rceil$, and find the smallest $n$ for which a $3\times3$ stride-2
-   window needs *no* padding at all. Check your answer with `F.pad_amounts`.
-2. Extend `conv_by_loops` with a `dilation` argument (the taps at $s i + d u$) and work out how the
-   `"same"` padding formula changes. Which part of the backward derivation changes?
-3. Modify `wrong_backward` to drop the bias gradient or to transpose `dK`'s channel axes. Which of
-   these mistakes would a gradient check with $\delta$ all ones still catch?
+   $n_\text{out} = \lceil n/s \rceil$. Then show that a $3\times3$ stride-2 window needs a total
+   padding of 1 for every even $n$ and 2 for every odd $n$ — never 0 — and find the condition on
+   $k$ and $s$ under which some $n$ needs no padding at all. Check with `F.pad_amounts`.
+   <details><summary>Hint</summary>Write n = qs - r with 0 <= r < s, so ceil(n/s) = q, and put
+   that into the total (ceil(n/s) - 1) s + k - n.</details>
+2. Extend `conv_by_loops` with a `dilation` argument (the taps at $s i + d u$) and check it
+   against `F.conv2d_forward` with a kernel that has $d-1$ zeros inserted between its taps.
+   <details><summary>Hint</summary>A 3x3 kernel with dilation 2 covers a 5x5 window: it is the
+   5x5 kernel whose entries at odd positions are zero.</details>
+3. **Write a backward pass yourself.** Implement `loops_backward(dy, cache)` for `conv_by_loops`
+   (stride $s$, "valid" padding, no bias) straight from the formulas of section 4 — loops over
+   output pixels, adding $\delta\,K$ into the input window and $\tilde x\,\delta$ into $\partial K$ —
+   and check it with `mx.gradcheck.check_function` in float64. Then break it (forget the stride)
+   and watch the check fail.
+   <details><summary>Hint</summary>The forward can return <code>(y, (x, K, s))</code> as its cache.
+   For each output (i, j): <code>dK += tensordot(patch, dy[:, i, j, :], axes=([0], [0]))</code> and
+   <code>dx[:, si:si+k, sj:sj+k, :] += tensordot(dy[:, i, j, :], K, axes=([1], [3]))</code>.</details>
+
+## Solutions
 """
+
+# %%
+# 1. n = qs - r (0 <= r < s): total = (q - 1)s + k - n = k - s + r. For k = 3, s = 2: 1 + r,
+#    i.e. 1 (n even, r = 0) or 2 (n odd, r = 1) -- never 0. No padding needs k - s + r <= 0:
+#    k <= s and n a multiple of s (r = 0), e.g. 2x2 windows with stride 2 on an even n.
+totals = {n: sum(F.pad_amounts(n, 3, 2, "same")) for n in range(3, 400)}
+assert all(t == (1 if n % 2 == 0 else 2) for n, t in totals.items())
+assert F.pad_amounts(64, 2, 2, "same") == (0, 0) and F.pad_amounts(65, 2, 2, "same") != (0, 0)
+assert all(-(-n // s) == (n + sum(F.pad_amounts(n, k, s, "same")) - k) // s + 1
+           for n in range(5, 60) for k in (1, 2, 3, 5) for s in (1, 2, 3))
+print("3x3 stride-2 'same' padding totals for n = 3..12:", [totals[n] for n in range(3, 13)])
+
+# %%
+# 2. dilation: taps at s*i + d*u; the same as a (d(k-1)+1)-wide kernel with zeros between taps
+def conv_by_loops_dilated(x, K, s, d):
+    kh, kw, _, f = K.shape
+    eh, ew = d * (kh - 1) + 1, d * (kw - 1) + 1                  # the window actually covered
+    ho, wo = (x.shape[1] - eh) // s + 1, (x.shape[2] - ew) // s + 1
+    y = np.empty((x.shape[0], ho, wo, f))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, s * i:s * i + eh:d, s * j:s * j + ew:d, :]   # every d-th pixel of the window
+            y[:, i, j, :] = np.tensordot(patch, K, axes=([1, 2, 3], [0, 1, 2]))
+    return y
+
+x, K = rng.standard_normal((2, 11, 10, 3)), rng.standard_normal((3, 3, 3, 4))
+K_holes = np.zeros((5, 5, 3, 4)); K_holes[::2, ::2] = K        # dilation 2 = zeros between the taps
+y_dil = conv_by_loops_dilated(x, K, 1, 2)
+assert np.allclose(y_dil, F.conv2d_forward(x, K_holes, padding="valid")[0])
+# "same" with dilation: the rule of section 2 with the effective size k_eff = d(k-1)+1 in place of k.
+# In the backward pass only the index map changes: p = s*i + d*u instead of s*i + u.
+
+# %%
+# 3. the backward pass of conv_by_loops, by loops, checked by central differences
+def loops_forward(x, K, s=1):
+    return conv_by_loops(x, K, np.zeros(K.shape[3]), s, ((0, 0), (0, 0))), (x, K, s)
+
+def loops_backward(dy, cache, forget_stride=False):
+    x, K, s = cache
+    k = K.shape[0]
+    step = 1 if forget_stride else s
+    dx, dK = np.zeros_like(x), np.zeros_like(K)
+    for i in range(dy.shape[1]):
+        for j in range(dy.shape[2]):
+            patch = x[:, step * i:step * i + k, step * j:step * j + k, :]           # (N, k, k, C)
+            dK += np.tensordot(patch, dy[:, i, j, :], axes=([0], [0]))            # x~ * delta
+            dx[:, step * i:step * i + k, step * j:step * j + k, :] += np.tensordot(dy[:, i, j, :], K, axes=([1], [3]))
+    return dx, dK
+
+x, K = rng.standard_normal((2, 7, 7, 2)), rng.standard_normal((3, 3, 2, 3))
+for s_ in (1, 2):
+    errs = mx.gradcheck.check_function(lambda x, K, s=s_: loops_forward(x, K, s), loops_backward, [x, K])
+    print(f"stride {s_}: loops backward vs central differences, dx {errs[0]:.1e}, dK {errs[1]:.1e}")
+    assert max(errs) < 1e-7
+broken = mx.gradcheck.check_function(lambda x, K: loops_forward(x, K, 2),
+                                     lambda dy, c: loops_backward(dy, c, forget_stride=True), [x, K])
+print(f"stride forgotten in the backward pass: errors {broken[0]:.2f}, {broken[1]:.2f}")
+assert min(broken) > 1e-2

@@ -7,7 +7,8 @@ does not choose one kernel size: it runs several **towers** side by side on the 
 concatenates their outputs along the channel axis. Each tower first looks at *cross-channel*
 correlations with a $1\times1$ convolution, mapping the input into a smaller space, and only then
 at *spatial* correlations with $3\times3$ or $5\times5$ convolutions. The paper's reading: Inception
-works because it partly decouples the two kinds of correlation. Xception pushes that to the end.
+works because it partly decouples the two kinds of correlation (the paper's Section 1.1, "The
+Inception hypothesis"). Xception pushes that to the end.
 
 This chapter builds Inception V3's canonical $35\times35$ module, runs it on a photograph, shows
 what each tower produces, and counts what each tower costs.
@@ -66,10 +67,27 @@ print("input", x.shape, "-> output", y.shape)
 assert y.shape == (2, 35, 35, 64 + 64 + 96 + 32)
 
 # the four towers, in concatenation order (each a Sequential of conv units)
+# (the paper's Figure 1, drawn from this very module object below)
 towers = dict(zip(["branch1x1", "branch5x5", "branch3x3dbl", "branch_pool"], module._children))
 for name, branch in towers.items():
     print(f"{name:13s}", " -> ".join(u.name for u in branch))
     assert all(u.name.startswith(name) for u in branch)
+
+# %% [markdown]
+r"""
+The paper's Figure 1, drawn by `mx.diagrams.inception_figure` from the module object we just built:
+each box's label is read off the layer it stands for (kernel size, output channels), so the picture
+cannot drift from the code. (This is the module as Inception V3's implementations build it —
+torchvision's `InceptionA`, Keras's first mixed blocks — with its $5\times5$ tower; the paper's
+Figure 1 is a schematic of the same four-tower idea.)
+"""
+
+# %%
+fig1 = mx.diagrams.inception_figure(1, module=module)
+plt.show()
+labels = mx.diagrams.box_labels(fig1)
+assert [labels[f"tower2/{i}"] for i in (1, 2)] == ["1x1 conv, 48", "5x5 conv, 64"]
+assert labels["tower4/1"] == "3x3 avg pool"
 
 # %% [markdown]
 r"""
@@ -141,9 +159,15 @@ $25\cdot192\cdot256 = 1{,}228{,}800$ weights, almost five times the whole module
 """
 
 # %%
-regular_5x5 = 25 * 192 * 256
-print(f"one regular 5x5 conv 192 -> 256: {regular_5x5:,} weights = {regular_5x5 / total_params:.1f}x the module")
-assert regular_5x5 > 4.5 * total_params
+# the claim, with real layers: one 5x5 conv with the module's input and output widths
+regular = nn.Conv2D(192, 256, 5, padding="same", use_bias=False, rng=0)
+regular_5x5 = mx.count_params(regular)
+y_regular = regular(x)
+print(f"one regular 5x5 conv 192 -> 256: {regular_5x5:,} weights = {regular_5x5 / total_params:.1f}x the module; "
+      f"output {y_regular.shape}, the module's {y.shape}")
+assert y_regular.shape == y.shape                                     # the same map, the same width
+assert regular_5x5 == 25 * 192 * 256 and 4.5 < regular_5x5 / mx.count_params(module) < 5
+assert 35 * 35 * regular_5x5 > 4.5 * total_macs                       # and ~5x the multiply-adds too
 
 # %% [markdown]
 r"""
@@ -234,10 +258,51 @@ knob — the number of *segments* — whose far end is the depthwise separable c
 
 ## Exercises
 
-1. Replace the $5\times5$ tower by a $1\times1\to3\times3\to3\times3$ tower of the same output width (Inception V3
-   did exactly this in its later modules). Count the parameters and multiply-adds saved.
-2. Compute the receptive field of two stacked $3\times3$ convolutions with stride 2 in the first one,
-   then check it with the backward-pass probe.
-3. `pool_features` is 32 in the first module and 64 in the next two. How do the output width, the
-   parameter count and the cost change? Check with `mx.count_params`.
+1. Replace the $5\times5$ tower by a $1\times1\to3\times3\to3\times3$ tower of the same widths
+   (48 → 64 → 64; Inception V3 did this kind of factorisation in its later modules). Count the
+   weights and multiply-adds saved at $35\times35$, and check your count with a real `nn.Sequential`.
+   <details><summary>Hint</summary>A 5x5 kernel from 48 to 64 channels has 25*48*64 weights;
+   two 3x3 kernels 48 -> 64 -> 64 have 9*48*64 + 9*64*64.</details>
+2. Compute the receptive field of two stacked $3\times3$ convolutions when the first has stride 2,
+   then check it with the backward-pass probe of section 3.
+   <details><summary>Hint</summary>After a stride-2 layer, one step of the next layer's window is
+   two input pixels: r = 3 + (3 - 1) * 2.</details>
+3. `pool_features` is 32 in the first module and 64 in the next two. How do the output width,
+   the parameter count and the cost change? Check with `mx.count_params`.
+   <details><summary>Hint</summary>Only the pooling tower's 1x1 convolution (and its batch norm)
+   depends on pool_features.</details>
+
+## Solutions
 """
+
+# %%
+# 1. 5x5 tower vs two 3x3 convolutions, same widths
+w5 = 48 * 64 * 25
+w33 = 48 * 64 * 9 + 64 * 64 * 9
+two_3x3 = nn.Sequential(nn.Conv2D(48, 64, 3, padding="same", use_bias=False),
+                        nn.Conv2D(64, 64, 3, padding="same", use_bias=False))
+assert mx.count_params(two_3x3) == w33 and mx.count_params(nn.Conv2D(48, 64, 5, use_bias=False)) == w5
+print(f"5x5: {w5:,} weights; 3x3 -> 3x3: {w33:,}; saved {w5 - w33:,} weights, "
+      f"{35 * 35 * (w5 - w33) / 1e6:.1f} M multiply-adds at 35x35 ({1 - w33 / w5:.0%})")
+
+# %%
+# 2. receptive field of 3x3/2 then 3x3/1: 3 + (3 - 1) * 2 = 7, measured with the backward pass
+stack = nn.Sequential(nn.Conv2D(1, 1, 3, stride=2, padding="same", use_bias=False, dtype="float64"),
+                      nn.Conv2D(1, 1, 3, padding="same", use_bias=False, dtype="float64"))
+for p in stack.parameters():
+    p.data[...] = 1.0
+out = stack(np.ones((1, 21, 21, 1)))
+g = np.zeros_like(out); g[0, 5, 5, 0] = 1.0
+hit_rows, hit_cols = np.nonzero(stack.backward(g)[0, :, :, 0])
+field = (hit_rows.max() - hit_rows.min() + 1, hit_cols.max() - hit_cols.min() + 1)
+print("receptive field of 3x3/2 -> 3x3:", field)
+assert field == (7, 7)
+
+# %%
+# 3. pool_features 32 -> 64: +32 output channels, +192*32 weights and +2*32 batch norm parameters
+m32 = inception.InceptionV3Module(192, pool_features=32, rng=0)
+m64 = inception.InceptionV3Module(192, pool_features=64, rng=0)
+extra = mx.count_params(m64) - mx.count_params(m32)
+assert (m64.out_channels, m32.out_channels) == (288, 256) and extra == 192 * 32 + 2 * 32
+print(f"pool_features 64: {m64.out_channels} channels, +{extra:,} parameters, "
+      f"+{35 * 35 * 192 * 32 / 1e6:.1f} M multiply-adds at 35x35")

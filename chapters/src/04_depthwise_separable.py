@@ -122,7 +122,43 @@ $$ \frac{\partial L}{\partial D_{u,v,c}} = \sum_{n,i,j} \tilde x_{n,\,si+u,\,sj+
 The separable backward chains them: pointwise backward, then (through the optional activation
 between the two) depthwise backward. Each is checked with central differences, float64,
 relative error $< 10^{-7}$ (ReLU is checked with random inputs, which stay off its kink).
+
+First the package's code for each formula, read from the installed package. The depthwise
+forward is the sum over taps $(u, v)$ of the shifted input times that tap's per-channel weights;
+its backward computes $\partial L/\partial D$ as the same windows times $\delta^z$, and the input gradient
+as a depthwise convolution of $\delta^z$ with the flipped kernel (exercise 2 derives that form).
 """
+
+# %%
+dw_fwd = mx.diagrams.show_source(F.depthwise_conv2d_forward, {
+    r"einsum|\+=.*\*|\*\s*k(ernel)?\b": "z[n,i,j,c] = sum_uv x~[n, si+u, sj+v, c] D[u,v,c]"})
+
+# %%
+dw_bwd = mx.diagrams.show_source(F.depthwise_conv2d_backward, {
+    r"einsum\(.*dy|^\s*(dkernel|dk|dD)\w*\s*\+?=": "dL/dD[u,v,c] = sum_nij x~ delta^z",
+    r"flip|\[::-1": "dL/dx~: delta^z against the kernel rotated by 180 degrees"})
+
+# %% [markdown]
+r"""
+The pointwise half is one matrix product each way — the $Z^\top\Delta^y$ and $\Delta^y P^\top$ above:
+"""
+
+# %%
+pw_fwd = mx.diagrams.show_source(F.pointwise_conv2d_forward, {r"matmul|@": "y = Z P, one GEMM over all N*H*W pixels"})
+pw_bwd = mx.diagrams.show_source(F.pointwise_conv2d_backward, {
+    r"^\s*(dkernel|dk|dP)\w*\s*=": "dL/dP = Z^T Delta^y", r"^\s*(dx|dz|dh)\w*\s*=": "delta^z = Delta^y P^T"})
+
+# %% [markdown]
+r"""
+And the separable convolution chains them — forward: depthwise, optional activation, pointwise;
+backward: the same three in reverse order:
+"""
+
+# %%
+sep_bwd = mx.diagrams.show_source(F.separable_conv2d_backward, {
+    r"pointwise_conv2d_backward": "1. pointwise backward first (it ran last)",
+    r"_ACTIVATIONS|relu_backward|elu_backward": "2. through the intermediate activation, if any",
+    r"depthwise_conv2d_backward": "3. depthwise backward"})
 
 # %%
 checks = {}
@@ -158,7 +194,12 @@ which is also the ratio of the parameter counts, is
 $$ \frac{k^2 C + C F}{k^2 C F} = \frac{1}{F} + \frac{1}{k^2} . $$
 
 For $3\times3$ kernels and Xception's widths ($F$ = 128 … 2048) that is barely more than
-$1/9$. The parameter counts of the layers agree:
+$1/9$. For one layer at stride 1 the parameter ratio is the same number, because every weight
+is used once per output pixel — but only *per layer*: a whole network's parameters and its
+multiply-adds are different counts (a weight at a $147\times147$ map costs 60 times more than one at
+$19\times19$), and section 3's last paragraph shows why that matters. The diagram below follows one
+separable layer of Xception's middle flow: which tensor has which shape, where the multiply-adds go.
+
 """
 
 # %%
@@ -171,17 +212,32 @@ for c, f in [(64, 128), (128, 256), (256, 728), (728, 728), (1024, 1536)]:
     rows.append((c, f, n_reg, n_sep))
     print(f"{c:5d} -> {f:5d}: regular {n_reg:>10,}  separable {n_sep:>9,}  ratio {n_sep / n_reg:.4f} = 1/{f} + 1/9")
 
+# %%
+fig = mx.diagrams.separable_figure(19, 19, 728, 728)        # one middle-flow separable conv
+plt.show()
+costs = mx.diagrams.separable_costs(19, 19, 728, 728)
+assert costs["pointwise"] > 80 * costs["depthwise"]          # the pointwise half does almost all the arithmetic
+assert np.isclose((costs["depthwise"] + costs["pointwise"]) / costs["regular"], 1 / 728 + 1 / 9)
+
 # %% [markdown]
 r"""
 Multiply-adds are not seconds. We time `conv2d_forward` (im2col + one big matrix product)
 against `separable_conv2d_forward` (depthwise + one matrix product) on this machine's CPU, for
-$C = F$ growing. The regular convolution is compute-bound and runs near the BLAS's peak; the
-depthwise half does only 9 multiply-adds per value it reads, so it is bound by memory traffic
-and runs at a far lower rate; at small widths fixed per-call overheads dominate and the
-separable convolution can even be the slower one. The measured speed-up grows with the width
-but stays smaller than the multiply-add count promises. The paper's Table 3 shows the same gap at full scale: Xception has
-slightly fewer parameters than Inception V3 (22.9 M vs 23.6 M) yet trained slightly *slower*
-(28 vs 31 steps per second on 60 K80 GPUs). Chapter 9 looks at the GPU side.
+$C = F$ growing. What to expect: the depthwise half does only 9 multiply-adds per value it
+reads, so it is bound by memory traffic and runs at a far lower rate per multiply-add than a
+matrix product; at small widths fixed per-call overheads dominate and the separable convolution
+can even be the *slower* one. But the regular convolution is not free of memory traffic either:
+its im2col patch array is 9 times the input, and once that no longer fits in the CPU's caches
+its rate drops too — so at large widths the measured ratio can land on either side of the
+multiply-add ratio. Read the printed ratios of this run (measured on a shared machine, so
+noisy) as that trade-off, not as a constant. Chapter 9 looks at the GPU side.
+
+A word on the paper's Table 3, which is easy to misread: Xception has slightly *fewer parameters*
+than Inception V3 (22.9 M vs 23.6 M) and trained slightly *slower* (28 vs 31 steps per second on
+60 K80 GPUs). That is not a separable convolution running slower than its count: parameters are
+not compute. Xception spends its parameters at larger feature maps and does about **8.4 G
+multiply-adds** per $299\times299$ image (chapter 6 counts them layer by layer) against about
+**5.7 G** usually reported for Inception V3 — roughly 45% more arithmetic, for a 10% slower step.
 """
 
 # %%
@@ -218,7 +274,8 @@ ax.axhline(1 / 9, color="gray", ls=":", label="1/9")
 ax.set_xscale("log", base=2); ax.set_yscale("log")
 ax.set_xlabel("channels C = F"); ax.set_ylabel("separable / regular")
 ax.set_title(f"3x3 convolution, batch {batch}, {hw}x{hw}"); ax.legend(); plt.show()
-assert measured[-1] < 1.0      # at the widest layer the separable conv is faster, as promised
+assert measured[-1] < 1.0                  # at the widest layer the separable conv is faster
+assert measured[0] > 2 * predicted[0]      # at the narrowest, overheads: far from the multiply-add ratio
 
 # %% [markdown]
 r"""
@@ -265,8 +322,8 @@ plt.tight_layout(); show_jpeg(fig)
 r"""
 ## 5. Two differences from the "extreme" Inception module
 
-The paper (section 2) calls the extreme module "almost identical" to a depthwise separable
-convolution, with two differences:
+The paper (Section 1.2, "The continuum between convolutions and separable convolutions") calls
+the extreme module "almost identical" to a depthwise separable convolution, with two differences:
 
 1. **The order.** The extreme module (Figure 4) runs the $1\times1$ first, then one $3\times3$ per
    channel; the separable convolution runs the per-channel $3\times3$ first, then the $1\times1$.
@@ -312,8 +369,9 @@ r"""
   kernel $K_{u,v,c,f} = D_{u,v,c}P_{c,f}$ (checked).
 * Backward: $\partial L/\partial P = Z^\top\Delta$, $\delta^z = \Delta P^\top$, then the depthwise
   gradients channel by channel — all within $10^{-7}$ of central differences.
-* Cost ratio $1/F + 1/k^2$ in parameters and multiply-adds; in seconds the saving is smaller,
-  because the depthwise half is memory-bound.
+* Cost ratio $1/F + 1/k^2$ in parameters and multiply-adds *of one layer*; in seconds the saving is
+  smaller, because the depthwise half is memory-bound. A whole network's parameters and
+  multiply-adds are separate counts: Xception has Inception V3's parameters but more arithmetic.
 * Versus the extreme module: the order of the two halves, and no nonlinearity in between.
 
 ## Exercises
@@ -321,11 +379,82 @@ r"""
 1. A *depth multiplier* $m$ gives each input channel $m$ depthwise filters (Keras's
    `depth_multiplier`). Write the kernel shapes and the cost ratio against a regular
    convolution; for which $m$ does the separable convolution stop being cheaper?
-2. Show that for stride 1 and `"same"` padding the depthwise input gradient is a depthwise
-   convolution of $\delta^z$ with the kernel rotated by 180°, and check it numerically with
-   `F.depthwise_conv2d_forward`.
-3. Given a trained regular kernel $K$, the best separable approximation of each input slice
-   $K_{:,:,c,:}$ is its leading singular pair. Build $D$ and $P$ from an SVD of a random $K$ and
-   measure how much of $\|K\|_F^2$ the separable kernel keeps. What does that suggest about
-   replacing the convolutions of a *trained* network by separable ones?
+   <details><summary>Hint</summary>Depthwise (k, k, C, m) makes mC channels; the pointwise kernel
+   is then (1, 1, mC, F).</details>
+2. Show that for stride 1 and `"same"` padding (odd $k$) the depthwise input gradient is a
+   depthwise convolution of $\delta^z$ with the kernel rotated by 180°, and check it numerically
+   with `F.depthwise_conv2d_forward`.
+   <details><summary>Hint</summary>Chapter 1's transposed-convolution identity, one channel at a
+   time: "same" padding with odd k pads (k-1)/2 on each side, which is what the flipped
+   convolution needs.</details>
+3. Given a regular kernel $K$, the best separable approximation of each input slice
+   $K_{:,:,c,:}$ (a $k^2\times F$ matrix) is its leading singular pair. Build $D$ and $P$ from an SVD of
+   a random $K$ and measure how much of $\|K\|_F^2$ the separable kernel keeps.
+   <details><summary>Hint</summary><code>U, S, Vt = np.linalg.svd(K[:, :, c, :].reshape(9, F))</code>;
+   D[:, :, c] = S[0] U[:, 0] and P[c] = Vt[0] (or split S[0] between them).</details>
+4. **Write the depthwise convolution yourself**, tap by tap: `z = sum over (u, v) of
+   x_pad[:, u:u+H, v:v+W, :] * D[u, v, :, 0]` (stride 1, "same"), and its backward pass from
+   section 2. Check both against central differences with `mx.gradcheck.check_function`, and the
+   forward against `F.depthwise_conv2d_forward`.
+   <details><summary>Hint</summary>The backward of each tap's multiply-add: dD[u, v, c] gets
+   sum(x_pad[:, u:u+H, v:v+W, c] * dz[..., c]) and dx_pad[:, u:u+H, v:v+W, :] gets dz * D[u, v, :, 0];
+   crop the padding off dx_pad at the end.</details>
+
+## Solutions
 """
+
+# %%
+# 1. shapes (k, k, C, m) and (1, 1, mC, F); per pixel k^2 mC + mCF against k^2 CF:
+#    ratio m (1/F + 1/k^2) -- cheaper while m < 1 / (1/F + 1/9), i.e. m <= 8 for F >= 72 with k = 3
+for F_out in (64, 128, 728):
+    m_max = max(m for m in range(1, 20) if m * (1 / F_out + 1 / 9) < 1)
+    print(f"F = {F_out}: separable cheaper up to depth multiplier {m_max}")
+    assert m_max == (7 if F_out < 72 else 8)
+
+# %%
+# 2. the depthwise input gradient, stride 1 "same": a depthwise conv of dz with the rotated kernel
+x = rng.standard_normal((2, 7, 6, 4)); Dk = rng.standard_normal((3, 3, 4, 1))
+z, cache = F.depthwise_conv2d_forward(x, Dk, padding="same")
+dz = rng.standard_normal(z.shape)
+dx, _ = F.depthwise_conv2d_backward(dz, cache)
+dx_rot, _ = F.depthwise_conv2d_forward(dz, Dk[::-1, ::-1], padding="same")
+assert np.allclose(dx, dx_rot)
+
+# %%
+# 3. separable approximation by SVD, per input channel
+K = rng.standard_normal((3, 3, 16, 32))
+D_svd, P_svd = np.zeros((3, 3, 16, 1)), np.zeros((1, 1, 16, 32))
+for c in range(16):
+    U, S, Vt = np.linalg.svd(K[:, :, c, :].reshape(9, 32), full_matrices=False)
+    D_svd[:, :, c, 0] = (S[0] * U[:, 0]).reshape(3, 3); P_svd[0, 0, c] = Vt[0]
+K_sep = D_svd[:, :, :, 0][..., None] * P_svd[0, 0][None, None]
+kept = 1 - np.sum((K - K_sep) ** 2) / np.sum(K ** 2)
+print(f"the best separable kernel keeps {kept:.0%} of a random kernel's energy")
+assert 0.1 < kept < 0.5      # a random 9x32 slice spreads its energy over 9 singular values: ~1/4 kept
+# A trained kernel may be closer to rank one; Xception does not approximate a trained network --
+# it trains the separable form from the start.
+
+# %%
+# 4. depthwise convolution by taps, forward and backward, gradient-checked
+def my_depthwise_forward(x, D):
+    k = D.shape[0]; p = k // 2
+    x_pad = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    H, W = x.shape[1:3]
+    z = sum(x_pad[:, u:u + H, v:v + W, :] * D[u, v, :, 0] for u in range(k) for v in range(k))
+    return z, (x_pad, D, x.shape)
+
+def my_depthwise_backward(dz, cache):
+    x_pad, D, (N, H, W, C) = cache
+    k = D.shape[0]; p = k // 2
+    dD, dx_pad = np.zeros_like(D), np.zeros_like(x_pad)
+    for u in range(k):
+        for v in range(k):
+            dD[u, v, :, 0] = (x_pad[:, u:u + H, v:v + W, :] * dz).sum(axis=(0, 1, 2))
+            dx_pad[:, u:u + H, v:v + W, :] += dz * D[u, v, :, 0]
+    return dx_pad[:, p:p + H, p:p + W, :], dD
+
+x, Dk = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((3, 3, 3, 1))
+errs = mx.gradcheck.check_function(my_depthwise_forward, my_depthwise_backward, [x, Dk])
+print("my depthwise conv vs central differences: dx %.1e, dD %.1e" % tuple(errs))
+assert max(errs) < 1e-7
+assert np.allclose(my_depthwise_forward(x, Dk)[0], F.depthwise_conv2d_forward(x, Dk, padding="same")[0])

@@ -54,6 +54,21 @@ assert np.allclose(bn.moving_mean, 0.01 * x.reshape(-1, 4).mean(0), rtol=1e-5)
 
 # %% [markdown]
 r"""
+The package's `batchnorm_forward`, with the four formulas marked. The input is viewed as the
+$(NHW)\times C$ matrix, so every statistic is a reduction over axis 0, one value per channel.
+"""
+
+# %%
+bn_fwd = mx.diagrams.show_source(F.batchnorm_forward, {
+    r"mean\s*=|mu\s*=.*(sum|mean)": "mu = (1/M) sum x",
+    r"var\s*=": "sigma^2 = (1/M) sum (x - mu)^2  (biased)",
+    r"inv_std\s*=|rstd\s*=": "s = 1 / sqrt(sigma^2 + eps)",
+    r"moving_mean\s*\+=|moving_mean\s*=": "moving <- 0.99 moving + 0.01 batch statistic",
+    r"gamma\s*\*|\*\s*gamma": "y = gamma xhat + beta",
+})
+
+# %% [markdown]
+r"""
 The moving statistics follow an exponential moving average: after $t$ batches from a fixed
 distribution the moving mean has covered $1 - 0.99^t$ of the way to the true mean — 63% after
 100 steps, 99% after 460. A freshly trained small model evaluated too early is therefore
@@ -139,6 +154,19 @@ for name, dy in [("dy = ones", np.ones_like(y)), ("dy = per-channel constant", n
 
 # %% [markdown]
 r"""
+The boxed formula is what `batchnorm_backward` computes — $\partial L/\partial\beta$ and
+$\partial L/\partial\gamma$ first, then the projection, in training mode; $\gamma s\,\delta$ in evaluation mode:
+"""
+
+# %%
+bn_bwd = mx.diagrams.show_source(F.batchnorm_backward, {
+    r"^\s*(dbeta|db)\b[^=]*=": "dL/dbeta = sum delta",
+    r"^\s*(dgamma|dg)\s*=": "dL/dgamma = sum delta xhat",
+    r"/\s*m\b|\bm\s*\*|1\.0\s*/\s*m|inv_m": "(gamma s / M)(M delta - dL/dbeta - xhat dL/dgamma)",
+})
+
+# %% [markdown]
+r"""
 ## 3. Gradients through a deep stack
 
 A stack of $L$ blocks $x_{l+1} = f_l(x_l)$ passes gradients back by the chain rule,
@@ -153,7 +181,8 @@ $$ \frac{\partial L}{\partial x_l} = (I + J_l)^\top \cdots (I+J_{L-1})^\top \fra
  = \frac{\partial L}{\partial x_L} + \text{(terms through the blocks)} , $$
 
 so the gradient at the output always reaches every layer directly, whatever the blocks do. In
-`mx.nn.Residual` this is one line of `backward`: `dx = main.backward(dy) + dy`.
+`mx.nn.Residual` this is one line of `backward`: the main path's input gradient plus the
+shortcut's (the identity passes $\delta$ through unchanged):
 
 We build Xception's middle-flow block in small — ReLU, separable $3\times3$, batch norm — stack it,
 and compare four variants at initialisation: plain, with batch norm, residual, residual with
@@ -161,6 +190,11 @@ batch norm (what Xception does). For each we feed a batch forward, send a random
 from the top, and record the gradient norm at every block's input and at every block's
 separable kernels.
 """
+
+# %%
+res_src = mx.diagrams.show_source(nn.Residual.backward, {
+    r"shortcut\.backward|else dy": "identity shortcut: dL/dx gets delta unchanged",
+    r"return .*\+": "(I + J)^T delta = delta + J^T delta"})
 
 # %%
 depth = 16 if FAST else 36
@@ -214,12 +248,11 @@ axes[0].legend(fontsize=9); plt.tight_layout(); plt.show()
 r"""
 What the figure shows, at initialisation:
 
-* **plain**: each ReLU + separable layer scales the signal by a roughly constant factor below
-  one, so the forward signal *and* the gradient shrink geometrically with depth — the straight
-  line on the log scale. In the full-mode run the gradient underflows float32 to exactly zero
-  before it reaches the first blocks (missing points). A kernel's gradient is its input activation
-times the upstream gradient; one decays going up, the other going down, so every plain block's
-weights get the same vanishing gradient (right panel): none of them can learn.
+* **plain**: the forward signal *and* the gradient shrink by a roughly constant factor per block
+  — the straight line on the log scale. In the full-mode run the gradient underflows float32 to
+  exactly zero before it reaches the first blocks (missing points), and every plain block's
+  weights get a vanishing gradient (right panel). *Depth* multiplies the factor, but the factor
+  itself comes mostly from the **initialisation** — the next section measures it.
 * **batch norm** fixes the scale of the *forward* signal but not the product of Jacobians: here the
   gradient *grows* geometrically towards the input instead (exploding, by a factor of hundreds
   over 36 blocks).
@@ -229,7 +262,7 @@ weights get the same vanishing gradient (right panel): none of them can learn.
   of magnitude over 36 blocks, against hundreds without the shortcuts), and every block's weights
   receive a gradient of comparable size.
 
-Chapter 8 trains the with/without-residual pair and finds what the paper's Figure 9 shows.
+Chapter 8 trains the with/without-residual pair.
 """
 
 # %%
@@ -249,6 +282,87 @@ assert max(mx.gradcheck.check_layer(blk, xs).values()) < 1e-7
 
 # %% [markdown]
 r"""
+## 4. Is it depth, or the initialisation?
+
+The plain stack's collapse is not depth alone. Keras's default initialiser, which `minixception`
+copies so that Keras weights and our fresh models agree, is Glorot uniform with fan-in and fan-out
+computed from the kernel's shape: for a depthwise kernel `(3, 3, C, 1)` that is
+$\text{fan}_\text{in} = 9C$, $\text{fan}_\text{out} = 9$, a weight variance of $2/(9C + 9)$. But a
+depthwise output sums only **9** products, not $9C$. For an input of second moment $q$:
+
+* the ReLU keeps half of it: $q/2$ (a symmetric input);
+* the depthwise conv multiplies it by $9 \cdot \frac{2}{9(C+1)} = \frac{2}{C+1}$ — the culprit;
+* the pointwise conv (`(1, 1, C, C)`, variance $2/(2C)$, a sum of $C$ products) keeps it: $\times 1$.
+
+So each plain block scales the signal's second moment by about $\frac{1}{C+1}$ — $1/33$ at $C=32$ —
+and 36 blocks by $33^{-36} \approx 10^{-55}$. An initialisation that counts the depthwise fan-in as
+what it is (9 taps; He's variance $2/9$ for the ReLU in front) and the pointwise one as $C$
+(variance $1/C$) makes the per-block factor about 1. We measure the factor, and rerun the plain
+stack with that initialisation:
+"""
+
+# %%
+def reinit_fan_in(blocks, seed=5):
+    """Depthwise: N(0, 2/9) (He, fan-in = the 9 taps); pointwise: N(0, 1/C) (fan-in C)."""
+    r = np.random.default_rng(seed)
+    for b in blocks:
+        for m in b.modules():
+            if isinstance(m, nn.SeparableConv2D):
+                d, p = m.depthwise_kernel.data, m.pointwise_kernel.data
+                d[...] = r.standard_normal(d.shape) * np.sqrt(2 / 9)
+                p[...] = r.standard_normal(p.shape) * np.sqrt(1 / p.shape[2])
+    return blocks
+
+def signal_powers(blocks, seed=1):
+    """Second moment of the signal at the input and after every block (float64 sums)."""
+    h = np.random.default_rng(seed).standard_normal((batch, hw, hw, C)).astype(np.float32)
+    q = [float(np.mean(h.astype(np.float64) ** 2))]
+    with nn.inference_mode():
+        for b in blocks:
+            h = b(h)
+            q.append(float(np.mean(h.astype(np.float64) ** 2)))
+    return np.array(q)
+
+q_keras = signal_powers(make_stack(False, False))
+q_fanin = signal_powers(reinit_fan_in(make_stack(False, False)))
+ok = q_keras[1:] > 0                                   # before float32 underflows to zero
+factor_keras = np.exp(np.mean(np.log(q_keras[1:][ok] / q_keras[:-1][ok])))
+factor_fanin = np.exp(np.mean(np.log(q_fanin[1:] / q_fanin[:-1])))
+a_fanin, _, _ = gradient_profile(reinit_fan_in(make_stack(False, False)))
+print(f"per-block factor of the signal's second moment, Keras (Glorot) init: {factor_keras:.4f} "
+      f"(predicted 1/(C+1) = {1 / (C + 1):.4f})")
+print(f"per-block factor with the fan-in init:                              {factor_fanin:.3f} (predicted ~1)")
+print(f"plain stack, gradient at block 1 / at block {depth}: Keras init {profiles['plain'][0][0] / profiles['plain'][0][-1]:.1e}, "
+      f"fan-in init {a_fanin[0] / a_fanin[-1]:.1e}")
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+axes[0].semilogy(np.arange(depth + 1), np.where(q_keras > 0, q_keras, np.nan), "o-", ms=3, label="Keras init (depthwise fan-in 9C)")
+axes[0].semilogy(np.arange(depth + 1), q_fanin, "o-", ms=3, label="fan-in init (depthwise fan-in 9)")
+axes[0].semilogy(np.arange(depth + 1), (1 / (C + 1)) ** np.arange(depth + 1), "k:", label=r"predicted $(C+1)^{-l}$")
+axes[0].set_xlabel("block l"); axes[0].set_ylabel("second moment of the signal after block l")
+axes[0].set_title("plain stack, forward signal"); axes[0].legend(fontsize=9)
+a_keras = profiles["plain"][0]
+axes[1].semilogy(np.arange(1, depth + 1), np.where(a_keras > 0, a_keras, np.nan), "o-", ms=3, label="Keras init")
+axes[1].semilogy(np.arange(1, depth + 1), a_fanin, "o-", ms=3, label="fan-in init")
+axes[1].set_xlabel("block (1 = input side)"); axes[1].set_ylabel(r"$\|\partial L/\partial x_l\|$")
+axes[1].set_title("plain stack, gradient reaching each block"); axes[1].legend(fontsize=9)
+plt.tight_layout(); plt.show()
+
+# the claims, in this run
+assert 0.5 / (C + 1) < factor_keras < 2 / (C + 1)                    # the init's factor, as derived
+assert 0.5 < factor_fanin < 2                                         # the fan-in init keeps the scale
+assert a_fanin[0] / a_fanin[-1] > 1e-3 > 1e6 * profiles["plain"][0][0] / profiles["plain"][0][-1]
+
+# %% [markdown]
+r"""
+With the fan-in initialisation the plain stack's signal and gradient no longer collapse: they
+wander up and down by a block's random factor, a random walk in $\log$ that depth still widens
+(the first block's gradient is within a couple of orders of magnitude of the last's instead of
+zero). So: the initialisation makes most of the vanishing, depth turns what is left into drift.
+Batch norm and residual connections each remove the dependence on the initialisation in their
+own way — batch norm by rescaling the forward signal, the shortcut by giving the gradient a path
+that is not a product — which is why Xception, with Keras's initialisation, still trains.
+
 ## Summary
 
 * Batch norm's input gradient is the upstream gradient projected away from the constant and
@@ -257,15 +371,97 @@ r"""
 * Moving statistics are exponential averages with momentum 0.99: about 460 steps to settle.
 * In a deep stack, residual connections turn a product of Jacobians into a product of
   $I + J$: the gradient reaches the first block at full strength.
+* The plain stack's vanishing signal at initialisation comes mostly from the depthwise kernel's
+  Glorot initialisation (fan-in $9C$ for a sum of 9 products: a factor $\approx 1/(C+1)$ per block);
+  a fan-in-9 initialisation keeps the scale, and depth leaves a random drift.
 
 ## Exercises
 
-1. Derive $\partial L/\partial x$ in evaluation mode and explain why a network evaluated in
-   training mode (batch statistics) with a batch of one image gives a constant output per channel
-   (`BatchNorm2D` refuses $M = 1$; try an input of shape `(1, 1, 1, C)`).
-2. Replace the ReLU in `make_stack` by `nn.ELU()` and re-plot. Then scale the separable kernels
-   by 2 after construction: what happens to the plain stack's gradient, and to the residual one's?
+1. Derive $\partial L/\partial x$ in evaluation mode. Then, in training mode: why does
+   `BatchNorm2D` refuse an input of shape `(1, 1, 1, C)`, and what does it compute for a batch of
+   *one* image of size $H\times W > 1$ — is its output constant per channel?
+   <details><summary>Hint</summary>The statistics are over M = N*H*W values per channel. With M = 1,
+   x - mu = 0 for every value. With one image, M = H*W.</details>
+2. Replace the ReLU in `make_stack` by `nn.ELU()` and measure the plain stack's per-block factor
+   with Keras's initialisation. Then scale the separable kernels by 2 after construction: what
+   happens to the plain stack's factor, and to the residual one's gradient ratio?
+   <details><summary>Hint</summary>Scaling both kernels by 2 scales each block's output by 4, its
+   second moment by 16.</details>
 3. Xception's entry-flow blocks use a *strided* $1\times1$ convolution + batch norm on the shortcut,
    not the identity. Write $\partial L/\partial x$ for such a block and say when the argument of
    section 3 still holds.
+   <details><summary>Hint</summary>The shortcut's Jacobian is no longer I: it is S, the 1x1
+   convolution followed by batch norm.</details>
+4. **Write batch norm's backward pass yourself** from the boxed formula (training mode; the
+   forward may be yours or `F.batchnorm_forward`, whose cache you would then have to read — easier:
+   write a small forward that returns `(y, (xhat, gamma, inv_std))`) and check it with
+   `mx.gradcheck.check_function` in float64.
+   <details><summary>Hint</summary>With dy as an (M, C) matrix: dbeta = dy.sum(0),
+   dgamma = (dy * xhat).sum(0), dx = gamma * inv_std / M * (M * dy - dbeta - xhat * dgamma).</details>
+
+## Solutions
 """
+
+# %%
+# 1. eval mode: mu, sigma^2 are constants -> dL/dx = gamma * dy / sqrt(moving_var + eps).
+#    Training mode with M = 1: x - mu = 0, the output is beta whatever x is (and the gradient 0):
+#    refused. One image with H*W > 1: M = H*W, each channel normalised over the image's pixels --
+#    not constant (only a 1x1 map would be).
+bn1 = nn.BatchNorm2D(3)
+try:
+    bn1(np.ones((1, 1, 1, 3), np.float32)); refused = False
+except ValueError as e:
+    refused = True; print("refused:", e)
+one_image = bn1(rng.standard_normal((1, 6, 6, 3)).astype(np.float32))
+per_channel_std = one_image.reshape(-1, 3).std(0)
+print("one 6x6 image in training mode, per-channel std of the output:", np.round(per_channel_std, 3))
+assert refused and np.all(per_channel_std > 0.9)
+bn_e = nn.BatchNorm2D(3, dtype="float64"); bn_e.eval()
+xe = rng.standard_normal((2, 4, 4, 3)); bn_e(xe); ge = rng.standard_normal(xe.shape)
+assert np.allclose(bn_e.backward(ge), ge * bn_e.gamma.data / np.sqrt(bn_e.moving_variance + bn_e.eps))
+
+# %%
+# 2. ELU instead of ReLU, and kernels x2 (Keras init, plain and residual)
+def stack_with(act, scale, residual):
+    r = np.random.default_rng(0); blocks = []
+    for _ in range(depth):
+        sep = nn.SeparableConv2D(C, C, rng=r)
+        sep.depthwise_kernel.data *= scale; sep.pointwise_kernel.data *= scale
+        body = nn.Sequential(act(), sep)
+        blocks.append(nn.Residual(body) if residual else body)
+    return blocks
+
+for act, scale in [(nn.ReLU, 1), (nn.ELU, 1), (nn.ReLU, 2)]:
+    q = signal_powers(stack_with(act, scale, False)[:4])
+    a_res, _, _ = gradient_profile(stack_with(act, scale, True))
+    print(f"{act.__name__} x{scale}: plain per-block factor {np.exp(np.mean(np.log(q[1:] / q[:-1]))):.3f}, "
+          f"residual gradient ratio {a_res[0] / a_res[-1]:.2f}")
+# ELU keeps a bit more than ReLU (negative inputs are not zeroed); x2 multiplies the factor by 16:
+# still < 1 for the plain stack at this width, while the residual stack's gradient grows faster.
+
+# %%
+# 3. y = main(x) + S(x) with S = BN(conv1x1/2(x)): dL/dx = J_main^T delta + J_S^T delta. The direct
+#    path is no longer the identity, but it is a single (linear, in eval mode) layer, not a product
+#    of many: only 4 such shortcuts lie between the output and the input of Xception, so the
+#    argument holds as long as those few S^T do not shrink delta much (batch norm rescales them).
+
+# %%
+# 4. batch norm backward from the boxed formula, gradient-checked
+def my_bn_forward(x, gamma, beta, eps=1e-3):
+    x2 = x.reshape(-1, x.shape[-1])
+    mu, var = x2.mean(0), x2.var(0)
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat = (x2 - mu) * inv_std
+    return (gamma * xhat + beta).reshape(x.shape), (xhat, gamma, inv_std, x.shape)
+
+def my_bn_backward(dy, cache):
+    xhat, gamma, inv_std, shape = cache
+    dy2 = dy.reshape(xhat.shape); M = dy2.shape[0]
+    dbeta, dgamma = dy2.sum(0), (dy2 * xhat).sum(0)
+    dx = gamma * inv_std / M * (M * dy2 - dbeta - xhat * dgamma)
+    return dx.reshape(shape), dgamma, dbeta
+
+xb, gb, bb = rng.standard_normal((3, 4, 4, 5)) * 2 + 1, rng.standard_normal(5), rng.standard_normal(5)
+errs = mx.gradcheck.check_function(my_bn_forward, my_bn_backward, [xb, gb, bb])
+print("my batch norm backward vs central differences: dx %.1e, dgamma %.1e, dbeta %.1e" % tuple(errs))
+assert max(errs) < 1e-7

@@ -3,11 +3,13 @@ r"""
 # Chapter 6 — The full Xception
 
 Xception is "a linear stack of depthwise separable convolution layers with residual
-connections" (the paper, section 3): 36 convolution layers in 14 modules, all but the first and
+connections" (the paper, Section 3, "The Xception architecture"): 36 convolution layers in 14 modules, all but the first and
 the last module wrapped in a residual connection. This chapter builds it with
 `mx.models.Xception` — exactly Keras's `keras.applications.Xception`, layer names included —
 walks through its three flows, prints its summary, checks its parameter count against the
-paper's Table 3, and splits parameters and cost between the depthwise and pointwise halves.
+paper's Table 3, splits parameters and cost between the depthwise and pointwise halves, and
+then tells the rest of the paper's story: how it was trained, what it found on JFT and ImageNet,
+and what it cost.
 """
 
 # %%
@@ -66,6 +68,27 @@ assert len(residuals) == 12                        # every module but the first 
 
 # %% [markdown]
 r"""
+The paper's Figure 5, drawn by `mx.diagrams.xception_figure` from this `model` object: it walks the
+model's modules, puts the run of identity-shortcut modules in the middle flow (drawn once, with
+the repeat count the model has), everything before it in the entry flow and everything after in
+the exit flow, and labels every box from its layer. Batch norm, which follows every convolution,
+is not drawn (the paper says so in its caption). The shapes come from one traced forward pass.
+The paper's figure also shows "optional fully-connected layers" before the classifier: the
+JFT experiments below tried them; Keras's model, and ours, have none.
+"""
+
+# %%
+records, out_shape = trace_shapes(model, (299, 299, 3))
+fig5 = mx.diagrams.xception_figure(model, shapes={r[0]: r[3] for r in records})
+plt.show()
+flows = mx.diagrams.xception_flows(model)
+drawn = mx.diagrams.box_labels(fig5)
+assert len(flows["middle"]) == 8 and "repeated 8 times" in fig5.axes[1].get_title()
+assert sum(v.startswith("SeparableConv") for v in drawn.values()) == len(seps) - 7 * 3   # middle drawn once
+assert drawn["block13_shortcut:shortcut"] == "Conv 1024, 1x1, stride 2x2"
+
+# %% [markdown]
+r"""
 ## 2. The summary table
 
 `mx.summary` runs one image through the model (evaluation mode, no caches kept) to learn every
@@ -98,8 +121,9 @@ The paper (Table 3) compares it with Inception V3 at the same size, and (Table 1
 | Inception V3 | 23,626,728 | 31 | 0.782 | 0.941 |
 | Xception | 22,855,952 | 28 | 0.790 | 0.945 |
 
-Slightly *fewer* parameters and slightly better accuracy: the gain is not capacity but a more
-efficient use of the parameters. (And slightly slower per step, chapters 4 and 9.)
+Slightly *fewer* parameters and slightly better accuracy: the paper's reading is that the gain is
+not capacity but a more efficient use of the parameters. Parameters are not compute, though:
+section 3 counts Xception's multiply-adds, and they are *more* than Inception V3's.
 """
 
 # %%
@@ -123,7 +147,6 @@ for $F$ in the hundreds nearly everything is pointwise. Per module:
 """
 
 # %%
-records, out_shape = trace_shapes(model, (299, 299, 3))
 kinds = ("depthwise", "pointwise", "regular conv", "dense")
 per_block = {}
 for name, layer, sin, sout in records:
@@ -160,6 +183,11 @@ for k, (p, m) in tot.items():
     print(f"{k:13s} {p:>11,} weights ({100 * p / all_p:5.1f}%)   {m / 1e9:6.3f} G multiply-adds ({100 * m / all_m:5.1f}%)")
 assert tot["pointwise"][0] > 20 * tot["depthwise"][0] and tot["pointwise"][1] > 20 * tot["depthwise"][1]
 assert all_p + 2 * sum(l.channels for _, l in leaves if isinstance(l, nn.BatchNorm2D)) == trainable
+assert 8.3e9 < all_m < 8.45e9                      # ~8.4 G multiply-adds per 299x299 image
+assert all_m > 1.4 * 5.7e9                         # > 40% more than Inception V3's ~5.7 G (published figure)
+print(f"multiply-adds per trainable parameter: Xception {all_m / trainable:.0f}, "
+      f"Inception V3 ~{5.7e9 / 23_626_728:.0f} (from its published ~5.7 G)")
+assert 350 < all_m / trainable < 380
 
 # %% [markdown]
 r"""
@@ -167,6 +195,15 @@ The depthwise convolutions hold under 1% of the weights and do under 2% of the m
 (about 8.4 G in all per $299\times299$ image); the $1\times1$ pointwise convolutions hold 85% and do
 over 90%. Xception's spatial filtering is almost free — and, as chapter 4 measured, the
 depthwise half is nonetheless a large share of the *time*, because it is memory-bound.
+
+**Parameters are not compute.** Xception has about as many parameters as Inception V3 (3% fewer)
+but is *not* cheaper to run: about 8.4 G multiply-adds per image against about 5.7 G usually
+reported for Inception V3 at $299\times299$ — some 45% more arithmetic. How many multiply-adds a
+weight costs depends on the map it is used at: 361 per image at $19\times19$, 21,609 at $147\times147$;
+on average Xception's weights are used at larger maps (about 370 multiply-adds per parameter,
+against about 240 for Inception V3). More arithmetic is the plain reason to expect a slower step —
+it trained at 28 steps per second against Inception V3's 31 (Table 3, Section 4.5.2 "Size and
+speed") — and the memory-bound depthwise layers of chapter 4 may add to it.
 
 ## 4. Feature-map shapes through the network
 
@@ -199,7 +236,62 @@ assert shape_of["block14_sepconv2_act"] == (1, 10, 10, 2048) and out_shape == (1
 
 # %% [markdown]
 r"""
-## 5. Classifying a photograph with Keras's ImageNet weights
+## 5. How the paper trained it, and what it found
+
+Section 4 of the paper ("Experimental evaluation") compares Xception with Inception V3 on two
+datasets (4.1: JFT, Google's internal 350-million-image, 17,000-class dataset, evaluated on the
+FastEval14k set with MAP@100; and ImageNet). The parts of the story a reader should not miss:
+
+* **The training settings were Inception V3's.** Section 4.2 ("Optimization configuration"):
+  ImageNet — SGD, momentum 0.9, learning rate 0.045 decayed by 0.94 every 2 epochs; JFT — RMSprop,
+  momentum 0.9, learning rate 0.001 decayed by 0.9 every 3 million samples. The paper says these
+  were tuned for Inception V3 and *not* re-tuned for Xception — the comparison, if anything, favours
+  the baseline.
+* **Regularisation** (Section 4.3): L2 weight decay $10^{-5}$ for Xception (Inception V3's $4\cdot10^{-5}$,
+  tuned for it, was found quite suboptimal for Xception); **dropout 0.5** before the classifier on ImageNet (none on JFT, whose
+  size makes overfitting unlikely); no auxiliary classifier tower.
+* **Polyak averaging at inference**: the weights evaluated are an exponential moving average
+  of the trained weights, not the last iterate.
+* **Training infrastructure** (Section 4.4): 60 NVIDIA K80 GPUs — the setting in which Table 3
+  measured the steps per second.
+* **JFT is the headline result** (Table 2, FastEval14k MAP@100, higher is better):
+
+| | without FC layers | with FC layers |
+|---|---:|---:|
+| Inception V3 | 6.36 | 6.50 |
+| Xception | **6.70** | **6.78** |
+
+  Here "FC layers" are the optional fully-connected layers before the classifier of Figure 5.
+  On JFT Xception's relative gain (about 5% without FC layers, 4% with, computed below) is several
+  times its ImageNet gain (Table 1: 0.790 vs 0.782 top-1, 1%). The paper's reading: Inception V3 was developed
+  against ImageNet, so its design may be "over-fit" to that dataset, while Xception was not tuned
+  for either.
+
+In this package, dropout before the classifier is one argument, and it adds no parameter:
+"""
+
+# %%
+with_dropout = mx.models.Xception(dropout=0.5, rng=0)
+head = [(n, type(l).__name__) for n, l in with_dropout.leaf_layers()][-3:]
+print("the head with dropout:", head)
+assert head == [("avg_pool", "GlobalAvgPool2D"), ("dropout", "Dropout"), ("predictions", "Dense")]
+assert mx.count_params(with_dropout) == trainable
+
+jft = {"Inception V3": (6.36, 6.50), "Xception": (6.70, 6.78)}             # Table 2, MAP@100
+imagenet_top1 = {"Inception V3": 0.782, "Xception": 0.790}                 # Table 1
+gain_no_fc = jft["Xception"][0] / jft["Inception V3"][0] - 1
+gain_fc = jft["Xception"][1] / jft["Inception V3"][1] - 1
+gain_imagenet = imagenet_top1["Xception"] / imagenet_top1["Inception V3"] - 1
+print(f"JFT relative gain: {gain_no_fc:.1%} without FC layers, {gain_fc:.1%} with; ImageNet top-1: {gain_imagenet:.1%}")
+assert gain_no_fc > gain_fc > 3 * gain_imagenet
+
+# %% [markdown]
+r"""
+(Setting Xception beside an Inception V3 built from the same layers — parameters, multiply-adds
+and measured time side by side — needs an Inception V3 model in the package; the Figure 1 module
+of chapter 2 is its building block.)
+
+## 6. Classifying a photograph with Keras's ImageNet weights
 
 `mx.models.Xception(weights="imagenet")` loads Keras's pretrained weight file into our NumPy
 model — matched layer by layer in Keras's order, every shape checked — and then the whole
@@ -270,16 +362,67 @@ r"""
 * About 85% of the weights and 90% of the multiply-adds are in the pointwise convolutions; the
   depthwise ones are under 1% and 2%.
 * Spatial size $299 \to 149 \to 147 \to 74 \to 37 \to 19 \to 10 \to 1$, width $3 \to 2048$.
+* About as many parameters as Inception V3, but about 8.4 G multiply-adds per image against ~5.7 G:
+  not cheaper to run.
+* Trained with Inception V3's (untuned) optimisation settings, weight decay $10^{-5}$, dropout 0.5
+  on ImageNet, Polyak-averaged weights at inference; its largest gain is on JFT (Table 2:
+  6.70 vs 6.36 MAP@100, 6.78 vs 6.50 with FC layers).
 
 ## Exercises
 
 1. Count the parameters of the middle flow alone and compare them with the entry and exit flows.
    How many middle-flow modules could you add before the model has Inception V3's size?
    (`mx.models.Xception(middle_blocks=...)`.)
+   <details><summary>Hint</summary>A middle module is three separable 728 -> 728 convolutions with
+   batch norm: 3 * (9*728 + 728*728 + 2*728) parameters.</details>
 2. Keras refuses inputs smaller than $71\times71$. Using chapter 1's arithmetic (only the stem's
    `"valid"` convolutions can fail; the pools use `"same"`), find the smallest input *our* model
    accepts and the shape of its last feature map at $71\times71$. Check with `mx.summary`.
+   <details><summary>Hint</summary>3x3 stride 2 valid: (n - 3) // 2 + 1; then 3x3 valid: minus 2.
+   Both must be at least 1.</details>
 3. Replace every separable convolution by a regular $3\times3$ convolution with the same input and
-   output widths. How many parameters and multiply-adds would the model have? (Use the per-module
-   table above and chapter 4's ratio $1/F + 1/9$.)
+   output widths. How many parameters and multiply-adds would the model have?
+   <details><summary>Hint</summary>Per layer: 9 C F weights instead of 9 C + C F, used H W times.
+   The per-module records of section 3 have C, F and the map size.</details>
+
+## Solutions
 """
+
+# %%
+# 1. the middle flow, and how many more modules fit into Inception V3's budget
+per_module = 3 * (9 * 728 + 728 * 728 + 2 * 728)
+middle = sum(per_block[f"block{b}"][k][0] for b in range(5, 13) for k in ("depthwise", "pointwise")) \
+    + sum(2 * l.channels for n, l in leaves if isinstance(l, nn.BatchNorm2D) and 5 <= int(n.split("_")[0][5:] or 0) <= 12)
+extra_modules = (23_626_728 - trainable) // per_module
+print(f"middle flow: {middle:,} parameters ({middle / trainable:.0%}); one module {per_module:,}; "
+      f"{extra_modules} more would still fit under Inception V3's 23,626,728")
+assert middle == 8 * per_module
+assert mx.count_params(mx.models.Xception(middle_blocks=8 + extra_modules, include_top=True, rng=0)) < 23_626_728 \
+    < mx.count_params(mx.models.Xception(middle_blocks=9 + extra_modules, include_top=True, rng=0))
+
+# %%
+# 2. smallest input: (n - 3) // 2 + 1 - 2 >= 1  =>  n >= 7; at 71x71 the last map is 3x3x2048
+def stem_out(n):
+    return (n - 3) // 2 + 1 - 2
+smallest = min(n for n in range(3, 100) if stem_out(n) >= 1)
+recs71, _ = trace_shapes(mx.models.Xception(include_top=False, input_shape=(71, 71, 3), rng=0), (71, 71, 3))
+print("smallest accepted input:", smallest, "| last feature map at 71x71:", recs71[-1][3])
+assert smallest == 7 and recs71[-1][3] == (1, 3, 3, 2048)
+_ = trace_shapes(mx.models.Xception(include_top=False, input_shape=(7, 7, 3), rng=0), (7, 7, 3))
+try:
+    trace_shapes(mx.models.Xception(include_top=False, input_shape=(6, 6, 3), rng=0), (6, 6, 3)); ok6 = True
+except ValueError:
+    ok6 = False
+assert not ok6
+
+# %%
+# 3. regular 3x3 convolutions in place of the separable ones
+reg_p = reg_m = 0
+for name, layer, sin, sout in records:
+    if isinstance(layer, nn.SeparableConv2D):
+        w9 = 9 * layer.in_channels * layer.out_channels
+        reg_p += w9 - (9 * layer.in_channels + layer.in_channels * layer.out_channels)
+        reg_m += sout[1] * sout[2] * (w9 - 9 * layer.in_channels - layer.in_channels * layer.out_channels)
+print(f"with regular 3x3 convolutions: {(trainable + reg_p) / 1e6:.0f} M parameters, "
+      f"{(all_m + reg_m) / 1e9:.0f} G multiply-adds per image")
+assert 7 < (trainable + reg_p) / trainable < 9
