@@ -14,6 +14,7 @@ from minixception import functional as F                     # noqa: E402
 from minixception import kernels                             # noqa: E402
 from minixception.kernels.cpu import threads                 # noqa: E402
 from minixception.kernels.cpu import batchnorm as nb_bn      # noqa: E402
+from minixception.kernels.cpu import conv as nb_conv         # noqa: E402
 from minixception.kernels.cpu import pooling as nb_pool      # noqa: E402
 
 RTOL = {np.float64: 1e-10, np.float32: 1e-4}
@@ -215,6 +216,76 @@ def test_maxpool_supports_and_dy_checks(rng):
         nb_pool.maxpool2d_backward(np.zeros((2, 3, 3, 3)), cache)
 
 
+# ---------------------------------------------------------------- few-channel convolution
+
+CONV_CASES = [   # x shape, kernel shape, stride, padding
+    ((2, 9, 9, 3), (3, 3, 3, 8), 1, "same"),
+    ((2, 9, 8, 3), (3, 3, 3, 5), 2, "same"),      # odd/even sizes: TF "same" pads unevenly
+    ((1, 7, 10, 3), (3, 3, 3, 4), 2, "valid"),
+    ((2, 6, 6, 1), (3, 3, 1, 7), 1, 2),           # one channel, explicit padding
+    ((2, 6, 7, 2), (2, 3, 2, 5), (1, 2), (1, 2)),  # rectangular kernel, per-axis stride/padding
+    ((1, 8, 8, 16), (3, 3, 16, 32), 1, "same"),
+    ((3, 5, 5, 4), (1, 1, 4, 6), 2, "same"),
+    ((1, 3, 3, 2), (5, 5, 2, 3), 1, "same"),      # kernel larger than the input
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("x_shape, k_shape, stride, padding", CONV_CASES)
+def test_conv2d_equals_reference(rng, x_shape, k_shape, stride, padding, use_bias, dtype):
+    x, kernel = rng.standard_normal(x_shape), rng.standard_normal(k_shape)
+    bias = rng.standard_normal(k_shape[3]) if use_bias else None
+    y_ref, cache = F.conv2d_forward(x, kernel, bias, stride, padding)
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref, dk_ref, db_ref = F.conv2d_backward(dy, cache)
+
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    assert nb_conv.supports(cast(x), cast(kernel), cast(bias), stride, padding)
+    y, cache = nb_conv.conv2d_forward(cast(x), cast(kernel), cast(bias), stride, padding)
+    dx, dk, db = nb_conv.conv2d_backward(cast(dy), cache)
+    assert y.dtype == dx.dtype == dk.dtype == dtype
+    assert_close(y, y_ref, RTOL[dtype], "y")
+    assert_close(dx, dx_ref, RTOL[dtype], "dx")
+    assert_close(dk, dk_ref, RTOL_REDUCTION[dtype], "dkernel")
+    if use_bias:
+        assert db.dtype == dtype
+        assert_close(db, db_ref, RTOL_REDUCTION[dtype], "dbias")
+    else:
+        assert db is None
+
+
+def test_conv2d_is_bit_identical_for_any_thread_count(rng, monkeypatch, small_chunks):
+    x, kernel, bias = rng.standard_normal((11, 6, 7, 3)), rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    dy = rng.standard_normal((11, 6, 7, 4))
+    assert len(threads.chunk_bounds(11, 6 * 7 * 27)) >= 6
+    results = []
+    for t in (1, 2, 3):
+        with_threads(monkeypatch, t)
+        y, cache = nb_conv.conv2d_forward(x, kernel, bias, 1, "same")
+        results.append((y,) + nb_conv.conv2d_backward(dy, cache))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_conv2d_supports_declines_what_it_does_not_handle(rng):
+    x = rng.standard_normal((2, 6, 6, 4)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
+    assert nb_conv.supports(x, k, None, 1, "same")
+    assert not nb_conv.supports(x, k[:, :, :2], None, 1, "same", groups=2)                   # grouped
+    wide = rng.standard_normal((2, 6, 6, nb_conv.MAX_CHANNELS + 1)).astype(np.float32)
+    assert not nb_conv.supports(wide, np.zeros((3, 3, wide.shape[3], 8), np.float32))        # many channels
+    assert not nb_conv.supports(x.astype(np.float64), k, None, 1, "same")                    # mixed dtypes
+    assert not nb_conv.supports(x, k, np.zeros(8), 1, "same")                                # bias dtype
+    assert not nb_conv.supports(x.transpose(0, 2, 1, 3), k, None, 1, "same")                 # not contiguous
+    assert not nb_conv.supports(x, np.zeros((7, 7, 4, 8), np.float32), None, 1, "valid")    # does not fit
+    assert not nb_conv.supports(x, k[:, :, :3], None, 1, "same")                             # channel mismatch
+    _, cache = nb_conv.conv2d_forward(x, k, None, 1, "same")
+    with pytest.raises(TypeError, match="dy"):
+        nb_conv.conv2d_backward(np.zeros((2, 6, 6, 8)), cache)
+
+
 # ---------------------------------------------------------------- registration
 
 def test_kernels_are_registered_and_selected(rng):
@@ -223,5 +294,8 @@ def test_kernels_are_registered_and_selected(rng):
     assert kernels.select("batchnorm", x, c, c, c, c).name == "numba"
     assert kernels.select("maxpool2d", x, 3, 2, "same").name == "numba"
     assert kernels.select("maxpool2d", x.transpose(0, 2, 1, 3), 3, 2, "same").name == "reference"
+    assert kernels.select("conv2d", x, np.zeros((3, 3, 4, 8), np.float32), None, 1, "same").name == "numba"
+    wide = np.zeros((2, 6, 6, 64), np.float32)
+    assert kernels.select("conv2d", wide, np.zeros((3, 3, 64, 8), np.float32), None, 1, "same").name == "reference"
     with kernels.use_kernels("reference"):
         assert kernels.select("maxpool2d", x, 3, 2, "same").name == "reference"
