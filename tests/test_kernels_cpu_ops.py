@@ -13,6 +13,7 @@ pytest.importorskip("numba")
 from minixception import functional as F                     # noqa: E402
 from minixception import kernels                             # noqa: E402
 from minixception.kernels.cpu import threads                 # noqa: E402
+from minixception.kernels.cpu import activations as nb_act   # noqa: E402
 from minixception.kernels.cpu import batchnorm as nb_bn      # noqa: E402
 from minixception.kernels.cpu import conv as nb_conv         # noqa: E402
 from minixception.kernels.cpu import pooling as nb_pool      # noqa: E402
@@ -286,6 +287,48 @@ def test_conv2d_supports_declines_what_it_does_not_handle(rng):
         nb_conv.conv2d_backward(np.zeros((2, 6, 6, 8)), cache)
 
 
+# ---------------------------------------------------------------- ReLU
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 1), (13,), (3, 4), ()])
+def test_relu_equals_reference(rng, shape, dtype, monkeypatch, small_chunks):
+    with_threads(monkeypatch, 3)                               # small chunks, several threads
+    x = rng.standard_normal(shape).astype(dtype)
+    if x.size >= 8:
+        x.flat[:5] = [0.0, -0.0, np.nan, np.inf, -np.inf]      # the edges of max(x, 0) and x > 0
+    dy = rng.standard_normal(shape).astype(dtype)
+    if dy.size >= 8:
+        dy.flat[5:7] = [np.inf, np.nan]
+    y_ref, mask_ref = F.relu_forward(x)
+    y, mask = nb_act.relu_forward(x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(mask, mask_ref)
+    assert y.dtype == dtype and y.shape == x.shape
+    dx = nb_act.relu_backward(dy, mask)
+    np.testing.assert_array_equal(dx, F.relu_backward(dy, mask_ref))
+    assert dx.dtype == dtype
+
+
+def test_relu_large_array_split_over_threads(rng, monkeypatch):
+    """Above a million elements the flat array is cut into chunks; each element still done once."""
+    x = rng.standard_normal((2, 1100, 1000)).astype(np.float32)
+    assert len(threads.chunk_bounds(x.size, 1)) >= 2
+    with_threads(monkeypatch, 2)
+    y, mask = nb_act.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(nb_act.relu_backward(x, mask), x * (x > 0))
+
+
+def test_relu_supports_and_dy_checks(rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    assert nb_act.supports(x)
+    assert not nb_act.supports(x.transpose(0, 2, 1, 3))
+    assert not nb_act.supports(x.astype(np.int64))
+    _, mask = nb_act.relu_forward(x)
+    with pytest.raises(TypeError, match="dy"):
+        nb_act.relu_backward(x[:1], mask)
+
+
 # ---------------------------------------------------------------- registration
 
 def test_kernels_are_registered_and_selected(rng):
@@ -293,6 +336,7 @@ def test_kernels_are_registered_and_selected(rng):
     c = np.ones(4, np.float32)
     assert kernels.select("batchnorm", x, c, c, c, c).name == "numba"
     assert kernels.select("maxpool2d", x, 3, 2, "same").name == "numba"
+    assert kernels.select("relu", x).name == "numba"
     assert kernels.select("maxpool2d", x.transpose(0, 2, 1, 3), 3, 2, "same").name == "reference"
     assert kernels.select("conv2d", x, np.zeros((3, 3, 4, 8), np.float32), None, 1, "same").name == "numba"
     wide = np.zeros((2, 6, 6, 64), np.float32)
