@@ -19,9 +19,10 @@ value's gradient back to its input pixel.
 taps -- was tried first: its inner loops are F long, too short for the compiler to
 vectorise well, and it ran several times slower than gather + GEMM.)
 
-The gathers are split over the batch on the kernels' threads (each chunk writes its own
-rows); the GEMMs are single calls, so BLAS threads them as it does the reference's, and
-no reduction depends on the number of threads.
+Each batch chunk is gathered and multiplied on one of the kernels' threads (so the GEMMs
+are split over the batch like the rest, whatever BLAS's own threading). The kernel and
+bias gradients are per-chunk products, added in float64 in chunk order: bit-identical
+whatever the number of threads.
 """
 from __future__ import annotations
 
@@ -119,15 +120,18 @@ def conv2d_forward(x, kernel, bias=None, stride=1, padding="valid", groups=1):
     n = x.shape[0]
     kh, kw, c, f = kernel.shape
     p = oh * ow                                         # patch rows per image
-    cols = np.empty((n * p, kh * kw * c), dtype=x.dtype)
     x3 = x.reshape(n, x.shape[1], -1)                  # (N, H, W*C): a window row is one run
-    threads.run_chunks(lambda lo, hi: _im2col(x3[lo:hi], c, kh, kw, sh, sw, top, left, oh, ow,
-                                              cols[lo * p:hi * p]),
-                       threads.chunk_bounds(n, p * kh * kw * c))
     w2 = kernel.reshape(kh * kw * c, f)
-    y2 = cols @ w2                                      # one GEMM: BLAS does its own threading
-    if bias is not None:
-        y2 += bias
+    cols = np.empty((n * p, kh * kw * c), dtype=x.dtype)
+    y2 = np.empty((n * p, f), dtype=x.dtype)
+
+    def piece(lo, hi):                                  # gather this chunk's patches, then its GEMM
+        rows = slice(lo * p, hi * p)
+        _im2col(x3[lo:hi], c, kh, kw, sh, sw, top, left, oh, ow, cols[rows])
+        np.matmul(cols[rows], w2, out=y2[rows])
+        if bias is not None:
+            y2[rows] += bias
+    threads.run_chunks(piece, threads.chunk_bounds(n, p * kh * kw * c * f))
     return y2.reshape(n, oh, ow, f), (cols, w2, kernel.shape, bias is not None, (sh, sw, top, left, oh, ow), x.shape)
 
 
@@ -140,14 +144,24 @@ def conv2d_backward(dy, cache):
         raise TypeError(f"conv2d backward: expected dy of shape {(n, oh, ow, f)} and dtype {cols.dtype} "
                         f"(the forward's output), got shape {dy.shape} and dtype {dy.dtype}")
     p = oh * ow
-    dy2 = dy.reshape(n * p, f)
-    dcols = dy2 @ w2.T
+    dy2 = np.ascontiguousarray(dy).reshape(n * p, f)
     dx = np.empty((n, x_shape[1], x_shape[2] * c), dtype=cols.dtype)
-    threads.run_chunks(lambda lo, hi: _col2im(dcols[lo * p:hi * p], c, kh, kw, sh, sw, top, left, oh, ow, dx[lo:hi]),
-                       threads.chunk_bounds(n, p * kh * kw * c))
-    dkernel = (cols.T @ dy2).reshape(k_shape)
-    dbias = dy2.sum(axis=0, dtype=np.float64).astype(cols.dtype) if has_bias else None
-    return dx.reshape(x_shape), dkernel, dbias
+
+    def piece(lo, hi):
+        rows = slice(lo * p, hi * p)
+        _col2im(dy2[rows] @ w2.T, c, kh, kw, sh, sw, top, left, oh, ow, dx[lo:hi])
+        dk = (cols[rows].T @ dy2[rows]).astype(np.float64)
+        db = dy2[rows].sum(axis=0, dtype=np.float64) if has_bias else None
+        return dk, db
+
+    parts = threads.run_chunks(piece, threads.chunk_bounds(n, p * kh * kw * c * f))
+    dk, db = parts[0]
+    for dk_part, db_part in parts[1:]:                  # chunk order, whatever ran where
+        dk = dk + dk_part
+        if has_bias:
+            db = db + db_part
+    dtype = cols.dtype
+    return dx.reshape(x_shape), dk.astype(dtype).reshape(k_shape), (db.astype(dtype) if has_bias else None)
 
 
 def supports(x, kernel=None, bias=None, stride=1, padding="valid", groups=1) -> bool:
