@@ -140,6 +140,8 @@ POOL_CASES = [   # shape, pool_size, stride, padding
     ((1, 5, 5, 2), 2, 2, "same"),
     ((2, 7, 7, 4), 2, 3, "valid"),      # stride > window: some inputs are in no window
     ((1, 3, 3, 6), 5, 1, "same"),       # window larger than the input
+    ((2, 1, 1, 3), 3, 2, "same"),       # a 3x3 window around a single pixel: no interior output
+    ((2, 4, 5, 3), 3, 1, (2, 0)),       # per-axis explicit padding
 ]
 
 
