@@ -8,13 +8,13 @@ reference propagates a NaN into y; here a comparison with NaN is false, so a NaN
 passed over unless it is the window's first tap).
 
 Speed notes:
-* The running maximum and its tap index live in local variables (registers) while one
-  output element's window is scanned, and are stored once. A read-modify-write of the
-  output array per tap (``y = v if v > y else y``) compiles to masked stores that are
-  slow on some CPUs.
-* The window loops are inside the channel loop, so a 3x3 window has its own unrolled
-  path (nine named taps) for the outputs whose windows lie wholly inside the input; the
-  border outputs take the general path, which checks every tap.
+* A 3x3 window (the hot case) lying wholly inside the input is unrolled: nine named taps
+  inside the channel loop, the running maximum and its tap number in local variables
+  (registers), stored once per output. A read-modify-write of the output per tap
+  (``y = v if v > y else y``) compiles to masked stores, which are slow on some CPUs.
+* Every other output (the border, any other window) loops over its taps with the
+  channels innermost, keeping the running maximum in the output row and storing it
+  unconditionally (a blend, not a masked store).
 * The winner is stored as the tap number ``i * kw + j``: one byte for windows of up to
   256 taps, int32 for larger ones. Backward gathers: each input adds the gradients of
   the windows it won.
