@@ -33,7 +33,7 @@ from ...functional.padding import conv_geometry, pair
 from .. import Kernel, register
 from . import threads
 
-MAX_CHANNELS = 16      # input channels up to which the compiled gather beats NumPy's tap copies
+MAX_CHANNELS = 16      # above this, each NumPy tap copy moves enough values per pixel: the reference serves
 
 
 @numba.njit(nogil=True, cache=True)
