@@ -199,3 +199,13 @@ def test_a_bad_checkpoint_is_one_line_on_stderr_and_debug_shows_the_traceback(tm
     r = subprocess.run([sys.executable, "-m", "minixception", "train", "--resume", str(bad), "--debug"],
                        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
+
+
+def test_ablate_refuses_a_folder_holding_an_ablation(tmp_path, capsys, monkeypatch):
+    import minixception.runs as runs
+    monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained into a taken folder"))
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "ablation.csv").write_text("variant\n")
+    assert main(["ablate", "--out", str(tmp_path / "abl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds an ablation" in err and "--overwrite" in err
