@@ -100,8 +100,9 @@ FLAGS = {
              lambda d: f"seeds the weights, the data order and augmentation, and the shapes data; >= 0 "
                        f"(default {d['seed']})"),
     "out": (("--out",), dict(), lambda d: (
-        f"run folder (default: {d['out']}, or {d['out']}-2, -3, ... if that holds files; with --resume: "
-        "the checkpoint's folder). A folder that holds a run is refused unless --resume or --overwrite")),
+        f"run folder (default: {d['out']}, or {d['out']}-2, -3, ... if that one holds files; train "
+        "--resume: the checkpoint's folder). A folder that holds a run is refused unless --overwrite "
+        "replaces it (or train's --resume continues it)")),
     "overwrite": (("--overwrite",), dict(action="store_true", default=False),
                   lambda d: "replace the run in --out (its checkpoint.npz, metrics.csv, curves.png)"),
     "progress": (("--no-progress",), dict(dest="progress", action="store_false", default=True),
