@@ -124,7 +124,8 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     ("--dropout", "1"), ("--middle-blocks", "-1"), ("--subset", "0"), ("--subset", "200000"),
 ])
 def test_nonsense_flags_are_refused_at_parsing_naming_the_flag(tmp_path, capsys, flag, value):
-    argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", flag, value]
+    # a tiny run around the flag (the last occurrence wins): if the check were missing, this fails fast
+    argv = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", *TINY, flag, value]
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -133,9 +134,12 @@ def test_nonsense_flags_are_refused_at_parsing_naming_the_flag(tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
-def test_subset_above_cifar10_size_is_refused(tmp_path, capsys):
+def test_subset_above_cifar10_size_is_refused(tmp_path, capsys, monkeypatch):
+    from minixception.data import cifar10
+    monkeypatch.setenv("MINIXCEPTION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cifar10, "_download", lambda url, dest: pytest.fail("download before the check"))
     with pytest.raises(SystemExit):
-        main(["train", "--data", "cifar10", "--subset", "50001", "--out", str(tmp_path / "r")])
+        main(["train", "--data", "cifar10", "--out", str(tmp_path / "r"), *TINY, "--subset", "50001"])
     err = capsys.readouterr().err
     assert "--subset" in err and "50000" in err
 
@@ -143,7 +147,8 @@ def test_subset_above_cifar10_size_is_refused(tmp_path, capsys):
 def test_ablate_shares_the_flag_checks(tmp_path, capsys):
     for flag, value in (("--lr", "nan"), ("--batch-size", "0"), ("--subset", "200000")):
         with pytest.raises(SystemExit):
-            main(["ablate", "--out", str(tmp_path / "a"), flag, value])
+            main(["ablate", "--out", str(tmp_path / "a"), "--epochs", "1", "--variants", "plain_none",
+                  *TINY, flag, value])
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
