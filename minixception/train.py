@@ -295,18 +295,19 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
     interrupt_after_steps: for tests -- behave as if Ctrl-C came after that many steps of this call.
     Returns the list of per-epoch metric rows (also in ``out/metrics.csv``).
     """
+    kw = dict(locals())             # every argument, passed on to _fit: a new keyword needs no plumbing
     check_device(device)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if not (isinstance(v, (int, np.integer)) and v >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    out = Path(out)
-    with claim(out, resume=resume, overwrite=overwrite):
-        return _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, schedule, device, seed,
-                    augment, resume, settings, progress, verbose, sync_every, interrupt_after_steps)
+    kw["out"] = Path(out)
+    with claim(kw["out"], resume=resume, overwrite=overwrite):
+        return _fit(**kw)
 
 
 def _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, schedule, device, seed,
-         augment, resume, settings, progress, verbose, sync_every, interrupt_after_steps):
+         augment, resume, settings, progress, verbose, sync_every, interrupt_after_steps, overwrite):
+    """The body of ``fit``, run while the run folder is claimed."""
     say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
     x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
     x_test, y_test = np.asarray(data["x_test"]), np.asarray(data["y_test"], dtype=np.int64)
