@@ -214,3 +214,28 @@ def test_ablate_refuses_a_folder_holding_an_ablation(tmp_path, capsys, monkeypat
     assert main(["ablate", "--out", str(tmp_path / "abl"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "already holds an ablation" in err and "--overwrite" in err
+
+
+def test_a_run_in_another_process_holds_the_folder_until_it_ends(tmp_path, capsys):
+    """A real second process claims the folder; ours is refused naming it, then succeeds once it is gone."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom minixception.runfolder import claim\n"
+         "with claim(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.readline()\n", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _train(out) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert not (out / ".lock").exists()                 # released on exit
+    assert _train(out) == 0
+
+
+def test_subset_all_means_every_image():
+    from minixception.cli import build_parser, resolve, TRAIN_FLAGS
+    from minixception.runs import DEFAULTS
+    parser = build_parser()
+    args = resolve(parser.commands["train"], parser.parse_args(["train", "--subset", "all"]), DEFAULTS, TRAIN_FLAGS)
+    assert args.subset is None and args.lr == DEFAULTS["lr"] and args.out is None
