@@ -239,3 +239,13 @@ def test_subset_all_means_every_image():
     parser = build_parser()
     args = resolve(parser.commands["train"], parser.parse_args(["train", "--subset", "all"]), DEFAULTS, TRAIN_FLAGS)
     assert args.subset is None and args.lr == DEFAULTS["lr"] and args.out is None
+
+
+def test_no_gpu_is_one_line_before_any_work(tmp_path, capsys):
+    import minixception as mx
+    if mx.backend.gpu_available():
+        pytest.skip("this machine has a GPU")
+    assert _train(tmp_path / "run", "--device", "gpu") == 2
+    err = capsys.readouterr().err
+    assert "--device gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
