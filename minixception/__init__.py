@@ -13,12 +13,13 @@ from .kernels import use_kernels
 
 from . import compare, data
 from .checkpoint import load_checkpoint, save_checkpoint
+from . import train          # mx.train.fit, as documented
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
            "gpu_available", "to_device", "to_numpy", "__version__"]
-__all__ += ["data", "save_checkpoint", "load_checkpoint"]
+__all__ += ["data", "save_checkpoint", "load_checkpoint", "train"]
 __all__ += ["models", "count_params", "summary", "use_kernels"]
 
 from . import diagrams  # noqa: E402  (figures and source listings; imports matplotlib only when drawing)

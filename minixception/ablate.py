@@ -11,7 +11,9 @@ Figure 9 of the paper: without residual connections convergence is slower and wo
 Figure 10: no activation between depthwise and pointwise convolution beats ELU, which
 beats ReLU. Writes ``OUT/ablation.csv`` (one row per run and epoch), ``OUT/ablation.png``
 (test accuracy and training loss per epoch, the two comparisons side by side) and each
-run's folder ``OUT/<variant>/`` (metrics.csv, curves.png, checkpoint.npz).
+run's folder ``OUT/<variant>/`` (metrics.csv, curves.png, checkpoint.npz). Without ``--out``
+each ablation gets a fresh folder (``runs/ablation``, ``runs/ablation-2``, ...); an ``--out``
+that holds an ablation is refused unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -25,57 +27,55 @@ VARIANTS = (  # name, residual, intermediate
     ("plain_none", False, "none"),
 )
 
-ABLATE_DEFAULTS = dict(epochs=4, subset=2000, width=0.5, middle_blocks=4)
+ABLATE_DEFAULTS = dict(epochs=4, subset=2000, width=0.5, middle_blocks=4, out="runs/ablation")
+ABLATE_FLAGS = ("data", "epochs", "subset", "width", "middle_blocks", "batch_size", "lr", "momentum",
+                "weight_decay", "schedule", "bn_momentum", "device", "seed", "out", "overwrite", "progress",
+                "debug")
+
+
+def _defaults():
+    from .runs import DEFAULTS
+    return {**DEFAULTS, **ABLATE_DEFAULTS}
 
 
 def add_ablate_args(p):
-    from .runs import DEFAULTS
-    p.add_argument("--data", choices=["shapes", "cifar10"], default="shapes",
-                   help="dataset (default: the built-in shapes)")
-    p.add_argument("--epochs", type=int, default=ABLATE_DEFAULTS["epochs"], help="default %(default)s")
-    p.add_argument("--subset", type=int, default=ABLATE_DEFAULTS["subset"],
-                   help="training images per run (0 = all; default %(default)s)")
-    p.add_argument("--width", type=float, default=ABLATE_DEFAULTS["width"],
-                   help="mini model width (default %(default)s)")
-    p.add_argument("--middle-blocks", type=int, default=ABLATE_DEFAULTS["middle_blocks"],
-                   help="middle-flow blocks: depth is what residual connections help with "
-                        "(default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default %(default)s")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="default %(default)s")
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="default %(default)s")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="default %(default)s")
-    p.add_argument("--schedule", choices=["constant", "step", "cosine"], default=DEFAULTS["schedule"],
-                   help="default %(default)s")
-    p.add_argument("--bn-momentum", type=float, default=DEFAULTS["bn_momentum"], help="default %(default)s")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="default %(default)s")
-    p.add_argument("--seed", type=int, default=0, help="one seed for every run (default %(default)s)")
+    """The ablation's flags: the training flags it shares (defined once, in the CLI) and ``--variants``."""
+    from .cli import add_flags
+    add_flags(p, ABLATE_FLAGS, _defaults())
     p.add_argument("--variants", default=",".join(v[0] for v in VARIANTS),
                    help="comma-separated subset of the runs (default: all four)")
-    p.add_argument("--out", default="runs/ablation", help="output folder (default %(default)s)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def run_ablation(args):
-    """Train each variant -> {variant: history}; writes the CSV and the figure."""
+    """Train each variant -> {variant: history}; writes the CSV and the figure.
+
+    ``args`` are resolved flags (``cli.resolve``). Each variant is a run folder ``OUT/<variant>``;
+    an ``OUT`` that already holds an ablation is refused unless ``args.overwrite``.
+    """
+    from .runfolder import RunFolderError, check_writable, holds_run
     from .runs import run_training
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     known = {v[0]: v for v in VARIANTS}
     bad = [v for v in wanted if v not in known]
     if bad:
-        raise SystemExit(f"unknown ablation variant(s) {bad}: expected some of {list(known)}")
+        raise ValueError(f"--variants: unknown ablation variant(s) {bad}: expected some of {list(known)}")
+    check_writable(out)
+    taken = [n for n in ("ablation.csv", *known) if (out / n).is_file() or holds_run(out / n)]
+    if taken and not args.overwrite:
+        raise RunFolderError(f"{out} already holds an ablation ({', '.join(taken)}); replace it with "
+                             "--overwrite, or choose another --out")
     results = {}
     for name in wanted:
         _, residual, inter = known[name]
         settings = dict(data=args.data, model="mini", batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                        subset=args.subset or None, seed=args.seed, width=args.width,
+                        subset=args.subset, seed=args.seed, width=args.width,
                         middle_blocks=args.middle_blocks, residual=residual, intermediate=inter,
                         dropout=0.0, augment=True, bn_momentum=args.bn_momentum, title=f"ablation: {name}")
         print(f"== {name}: residual={residual}, intermediate={inter}", flush=True)
         results[name] = run_training(settings, out / name, args.epochs, device=args.device,
-                                     progress=args.progress)
+                                     progress=args.progress, overwrite=args.overwrite)
     write_ablation_csv(out / "ablation.csv", results)
     plot_ablation(out / "ablation.png", results)
     return results
@@ -119,7 +119,11 @@ def plot_ablation(path, results):
     plt.close(fig)
 
 
-def cmd_ablate(args):
+def cmd_ablate(args, parser):
+    from .cli import resolve, run_folder
+    resolve(parser.commands["ablate"], args, _defaults(), ABLATE_FLAGS)
+    args.out = run_folder(args, ABLATE_DEFAULTS["out"])
+    print(f"ablation folder: {args.out}", flush=True)
     results = run_ablation(args)
     print("final test accuracy: " + ", ".join(f"{k} {v[-1]['test_acc']:.3f}" for k, v in results.items() if v))
     print(f"wrote {Path(args.out) / 'ablation.png'} and {Path(args.out) / 'ablation.csv'}")

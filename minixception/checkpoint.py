@@ -10,16 +10,20 @@ Layout of the archive (every entry a plain numeric or string array):
     meta                          a JSON string: epoch, RNG state, run settings, optimiser
                                   scalars, anything passed as ``**meta``
 
-Writing goes to a temporary file in the destination folder, then ``os.replace``: a crash
-or Ctrl-C mid-write leaves the previous checkpoint intact and no partial file behind.
-Reading uses ``allow_pickle=False`` and checks everything before touching the model, so
-a truncated, foreign or pickle-bearing file is refused with a clear error and the model
-and optimiser are left as they were.
+Writing goes to a temporary file (``.ckpt-*.tmp``) in the destination folder, then
+``os.replace``: a crash or Ctrl-C mid-write leaves the previous checkpoint intact (a SIGKILL
+may leave the temporary file, which the next run in that folder removes). The file gets the
+mode the umask gives any new file. Reading uses ``allow_pickle=False`` and checks every
+entry and every metadata field before touching the model, so a truncated, foreign, malformed
+or pickle-bearing file is refused with a CheckpointError -- the only exception that leaves
+``load_checkpoint`` -- and the model and optimiser are left as they were.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 import zipfile
 
@@ -31,6 +35,10 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """The file is not a usable minixception checkpoint (truncated, foreign, pickled, mismatched)."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
 
 
 def _json_default(o):
@@ -76,6 +84,7 @@ def save_checkpoint(path, model, optimizer=None, extra=None, **meta):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for_new_files())    # as any other file the run writes
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -86,15 +95,55 @@ def save_checkpoint(path, model, optimizer=None, extra=None, **meta):
     return path
 
 
+def _mode_for_new_files():
+    """The mode ``open()`` would give a new file: 0o666 less the umask (mkstemp's 0600 is too tight)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_MOMENTUM_KEY = re.compile(r"momentum/(0|[1-9][0-9]*)")
+
+
+def _check_path(path):
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not os.path.exists(path):
+        raise CheckpointNotFound(f"checkpoint {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if head.startswith(_NPY_MAGIC):
+        raise CheckpointError(f"{path}: a bare .npy array, not a checkpoint (a minixception .npz archive)")
+    if not head.startswith(_ZIP_MAGIC):
+        raise CheckpointError(f"{path}: not a checkpoint (not an .npz archive at all)")
+
+
+def _check_optimizer_meta(path, ometa):
+    if not isinstance(ometa, dict):
+        raise CheckpointError(f"{path}: optimiser metadata must be an object, got {type(ometa).__name__}")
+    for key, ok in (("steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                    ("lr", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+                    ("n_params", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)):
+        if key not in ometa or not ok(ometa[key]):
+            raise CheckpointError(f"{path}: optimiser metadata field {key!r} is missing or invalid "
+                                  f"({ometa.get(key)!r})")
+
+
 def read_checkpoint(path):
-    """Read and validate the file -> (model_state: dict, optim_state: dict, meta: dict). No model needed."""
+    """Read and validate the file -> (model_state: dict, optim_state: dict, meta: dict). No model needed.
+
+    Raises CheckpointError (and nothing else) for anything but a well-formed checkpoint; a missing
+    file is a ``CheckpointNotFound``, both a CheckpointError and a FileNotFoundError.
+    """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    _check_path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise CheckpointError(f"{path}: a bare .npy array, not a minixception checkpoint (.npz)")
             if MARKER not in z.files:
                 raise CheckpointError(
                     f"{path}: not a minixception checkpoint (no {MARKER!r} entry; it holds "
@@ -108,14 +157,25 @@ def read_checkpoint(path):
                 f"{path}: holds a Python object array that only pickle could read; refusing it "
                 "(checkpoints are loaded with allow_pickle=False)") from exc
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint, not a complete .npz ({exc})") from exc
-    version = int(arrays.pop(MARKER))
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version}, this version reads {FORMAT_VERSION}")
-    if "meta" not in arrays or arrays["meta"].dtype.kind != "U":
-        raise CheckpointError(f"{path}: missing or malformed 'meta' entry")
-    meta = json.loads(str(arrays.pop("meta")))
+    marker = arrays.pop(MARKER)
+    if marker.shape != () or marker.dtype.kind not in "iu":
+        raise CheckpointError(f"{path}: malformed marker {MARKER!r} (expected one integer, got "
+                              f"dtype {marker.dtype} shape {marker.shape})")
+    if int(marker) != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {int(marker)}, this version reads {FORMAT_VERSION}")
+    raw = arrays.pop("meta", None)
+    if raw is None or raw.dtype.kind != "U" or raw.shape != ():
+        raise CheckpointError(f"{path}: missing or malformed 'meta' entry (expected one JSON string)")
+    try:
+        meta = json.loads(str(raw))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its 'meta' entry is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' entry must be a JSON object, got {type(meta).__name__}")
+    if "_optimizer" in meta:
+        _check_optimizer_meta(path, meta["_optimizer"])
     model_state, optim_state, extra = {}, {}, {}
     for k, v in arrays.items():
         if v.dtype.kind not in "fiub":
@@ -123,7 +183,11 @@ def read_checkpoint(path):
         if k.startswith("model/"):
             model_state[k[len("model/"):]] = v
         elif k.startswith("optim/"):
-            optim_state[k[len("optim/"):]] = v
+            name = k[len("optim/"):]
+            if not _MOMENTUM_KEY.fullmatch(name):
+                raise CheckpointError(f"{path}: optimiser entry {k!r}: expected 'optim/momentum/<index>' "
+                                      "with a non-negative integer index")
+            optim_state[name] = v
         elif k.startswith("extra/"):
             extra[k[len("extra/"):]] = v
         else:
@@ -138,10 +202,33 @@ def read_meta(path):
     return read_checkpoint(path)[2]
 
 
-def load_checkpoint(path, model, optimizer=None):
+def _listing(keys, n=3):
+    keys = list(keys)
+    more = f", and {len(keys) - n} more" if len(keys) > n else ""
+    return f"{len(keys)} ({', '.join(keys[:n])}{more})"
+
+
+def _check_fits(path, model_state, model):
+    """CheckpointError naming the first few missing / unexpected / mis-shaped keys and their counts."""
+    want = {k: tuple(np.shape(v)) for k, v in model.state_dict().items()}
+    missing = [k for k in want if k not in model_state]
+    unexpected = [k for k in model_state if k not in want]
+    misshaped = [f"{k} {tuple(v.shape)} vs {want[k]}" for k, v in model_state.items()
+                 if k in want and tuple(v.shape) != want[k]]
+    parts = [f"{label} {_listing(keys)}" for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped (file vs model)", misshaped))
+             if keys]
+    if parts:
+        raise CheckpointError(f"{path}: does not fit this model ({len(want)} entries): " + "; ".join(parts))
+
+
+def load_checkpoint(path, model, optimizer=None, check_meta=None):
     """Load ``path`` into ``model`` (and ``optimizer``) -> the meta dict.
 
-    Everything is checked before anything is changed: a refusal leaves model and optimiser as they were.
+    check_meta: optional ``f(meta)`` that raises CheckpointError for metadata its caller cannot use
+      (the trainer checks its own fields this way); it runs before anything is changed.
+    Everything is checked before anything is changed: a refusal leaves model and optimiser as they
+    were, and every refusal is a CheckpointError.
     """
     model_state, optim_state, meta = read_checkpoint(path)
     ometa = meta.pop("_optimizer", None)
@@ -154,9 +241,15 @@ def load_checkpoint(path, model, optimizer=None):
                                   f"the optimiser has {len(params)}")
         for k, v in optim_state.items():
             i = int(k.split("/", 1)[1])
+            if i >= len(params):
+                raise CheckpointError(f"{path}: momentum buffer {i}, but the optimiser has only "
+                                      f"{len(params)} parameters")
             if tuple(v.shape) != tuple(params[i].data.shape):
                 raise CheckpointError(f"{path}: momentum buffer {i}: expected shape "
                                       f"{tuple(params[i].data.shape)}, got {tuple(v.shape)}")
+    _check_fits(path, model_state, model)
+    if check_meta is not None:
+        check_meta(meta)
     try:
         model.load_state_dict(model_state)        # checks names and shapes first; all or nothing
     except (KeyError, ValueError, TypeError) as exc:
@@ -167,7 +260,19 @@ def load_checkpoint(path, model, optimizer=None):
 
 
 def rng_from_state(state):
-    """A ``numpy.random.Generator`` restored from a saved ``bit_generator.state`` dict."""
-    bg = getattr(np.random, state["bit_generator"])()
-    bg.state = state
+    """A ``numpy.random.Generator`` restored from a saved ``bit_generator.state`` dict.
+
+    The state comes from a file: the bit generator must be one of NumPy's BitGenerator classes
+    and the state one it accepts, else CheckpointError.
+    """
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+        raise CheckpointError(f"random generator state: 'bit_generator' must name a NumPy bit generator "
+                              f"(e.g. 'PCG64'), got {name!r}")
+    bg = cls()
+    try:
+        bg.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"random generator state for {name} is invalid ({exc})") from exc
     return np.random.Generator(bg)

@@ -5,8 +5,22 @@
 Each epoch: shuffle + augment the training set (one seeded host generator), take SGD
 steps (momentum, L2 on kernels, the learning rate from a schedule evaluated at the
 fractional epoch), evaluate on the test set in eval mode under ``inference_mode()``,
-append a row to ``OUT/metrics.csv``, redraw ``OUT/curves.png`` and save
-``OUT/checkpoint.npz``.
+then write the epoch's outputs in one place and in this order: check that the parameters,
+batch norm's statistics and the test loss are finite (else :class:`NonFiniteState`, and the
+last good checkpoint stays), save ``OUT/checkpoint.npz``, append a row to ``OUT/metrics.csv``,
+redraw ``OUT/curves.png``. ``metrics.csv`` is only ever appended, after the checkpoint that
+holds the same epochs, so the two never disagree.
+
+The run folder is claimed first (``runfolder.claim``): writable, locked against a second
+process, and refused when it holds another run unless ``resume=`` continues it or
+``overwrite=True`` replaces it.
+
+Resuming with another ``epochs`` follows one learning-rate policy. ``step`` and ``constant``
+do not depend on the run's length and continue unchanged. ``cosine`` keeps the learning rate of
+everything already trained and anneals from where the run stands: a new cosine from the current
+learning rate down to 0 at the new last epoch. A run that had finished its cosine (learning
+rate 0) restarts from the peak ``lr`` instead (a warm restart). Either is announced; the plan
+is stored in the checkpoint, so later resumes follow it exactly.
 
 Loss and accuracy are summed on the device inside the step; the host reads them
 only every ``sync_every`` steps (for the progress bar and the NaN check) and at the
@@ -20,6 +34,7 @@ uninterrupted run. A second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -31,12 +46,13 @@ from pathlib import Path
 import numpy as np
 
 from .backend import check_device, get_array_module, to_device
-from .checkpoint import load_checkpoint, rng_from_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, save_checkpoint
 from .data.iterator import BatchIterator, channel_stats
 from .losses import softmax_cross_entropy
 from .nn.layers import Dropout
 from .nn.module import inference_mode
-from .optim import SGD, PolyakAverage, make_schedule
+from .optim import SGD, Cosine, PolyakAverage, make_schedule
+from .runfolder import RunFolderError, claim
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.csv"
@@ -48,6 +64,10 @@ POLYAK_FIELDS = ("polyak_test_loss", "polyak_test_acc")
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class NonFiniteState(NonFiniteLoss):
+    """Parameters, batch-norm statistics or the test loss are not finite: the epoch is not saved."""
 
 
 # -- small helpers ----------------------------------------------------------------------
@@ -62,13 +82,18 @@ def _set_dropout_states(model, states):
         m.set_rng_state(st)
 
 
-def write_metrics(path, rows, fields=FIELDS):
-    """Write all rows (a fresh file): used at the start of a run or a resume."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in fields})
+def _catch_up_metrics(path, history, fields=FIELDS):
+    """On resume: append the checkpoint's rows that ``metrics.csv`` lacks (a run killed between its
+    save and its append, or a resume into a new folder). Rows it already has are left alone; a file
+    that records epochs the checkpoint does not know is refused (it belongs to another run)."""
+    have = read_metrics(path) if os.path.exists(path) else []
+    epochs, known = [r["epoch"] for r in have], [r["epoch"] for r in history]
+    if epochs != known[:len(epochs)]:
+        raise RunFolderError(
+            f"{path} records epochs {epochs[:1]}..{epochs[-1:]}, the checkpoint has {known[:1]}..{known[-1:]}: "
+            "they are not the same run; resume into another --out")
+    for r in history[len(have):]:
+        append_metrics(path, r, fields)
 
 
 def append_metrics(path, row, fields=FIELDS):
@@ -81,8 +106,11 @@ def append_metrics(path, row, fields=FIELDS):
 
 
 def read_metrics(path):
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    except (ValueError, TypeError) as exc:
+        raise RunFolderError(f"{path}: not a metrics file this trainer wrote ({exc})") from exc
 
 
 def plot_curves(path, history, title=None):
@@ -143,6 +171,101 @@ def _check_finite(loss_sum, epoch, step, lr):
             f"training loss became {v} at epoch {epoch + 1}, step {step} (lr={lr:.4g}); stopped without "
             "saving. Try a smaller --lr, a warmer schedule, or check the data normalisation.")
     return v
+
+
+def _check_state_finite(model, test_loss, epoch, out):
+    """Refuse to save NaN/inf: the parameters and buffers (batch-norm statistics) and the test loss."""
+    bad = [k for k, v in model.state_dict().items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if test_loss is not None and not math.isfinite(test_loss):
+        bad.append(f"test loss ({test_loss})")
+    if bad:
+        more = f", and {len(bad) - 4} more" if len(bad) > 4 else ""
+        kept = f"the last good checkpoint {out / CHECKPOINT} is kept" if (out / CHECKPOINT).exists() \
+            else "nothing was saved"
+        raise NonFiniteState(
+            f"epoch {epoch}: non-finite values in {', '.join(bad[:4])}{more}; not saved, {kept}. Try a "
+            "smaller --lr, a --bn-momentum in [0, 1), or check the data.")
+
+
+def _write_epoch(out, model, opt, history, settings, ckpt_meta, fields=FIELDS, extra=None):
+    """One completed epoch's outputs, in the order that keeps them consistent (see the module doc)."""
+    row = history[-1]
+    _check_state_finite(model, row["test_loss"], row["epoch"], out)
+    save_checkpoint(out / CHECKPOINT, model, opt, extra=extra, history=history, settings=settings, **ckpt_meta)
+    append_metrics(out / METRICS, row, fields)
+    plot_curves(out / CURVES, history, title=settings.get("title"))
+
+
+class _PlannedCosine:
+    """Cosine segments ``{"from": epoch, "to": epoch, "lr": start lr}``: each anneals its lr to 0."""
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def __call__(self, epoch):
+        seg = self.segments[0]
+        for s in self.segments[1:]:
+            if epoch >= s["from"]:
+                seg = s
+        return Cosine(seg["lr"], seg["to"] - seg["from"])(epoch - seg["from"])
+
+
+def _lr_plan(schedule, lr, epochs, plan, position, say):
+    """The schedule (and the stored plan) for a run to ``epochs`` that stands at ``position``."""
+    plan = [dict(s) for s in (plan or [{"from": 0.0, "to": float(epochs), "lr": float(lr)}])]
+    planned = plan[-1]["to"]
+    if planned != epochs and schedule != "cosine":
+        say(f"training to epoch {epochs} (planned: {planned:g}): the {schedule} schedule does not depend on "
+            "the run's length and continues unchanged")
+    elif planned != epochs and epochs > position:
+        now = _PlannedCosine(plan)(position)
+        if position >= planned:
+            plan.append({"from": position, "to": float(epochs), "lr": float(lr)})
+            say(f"the cosine schedule had finished at epoch {planned:g} (lr 0); epochs {position:g}..{epochs} "
+                f"are a warm restart: a new cosine from the peak lr {lr:g} down to 0")
+        else:
+            plan.append({"from": position, "to": float(epochs), "lr": now})
+            say(f"the cosine schedule was planned for {planned:g} epochs; from epoch {position:g} it anneals "
+                f"from the current lr {now:.4g} to 0 at epoch {epochs} (the epochs already trained keep theirs)")
+    sched = _PlannedCosine(plan) if schedule == "cosine" else make_schedule(schedule, lr, epochs)
+    return sched, plan
+
+
+def _dropout_state_ok(state):
+    """A saved Dropout generator state: ``{"host": numpy state, "device": ...}`` or a bare numpy state."""
+    if isinstance(state, dict) and "host" in state:
+        return rng_from_state(state["host"]) is not None and (
+            state.get("device") is None or isinstance(state["device"], dict))
+    return rng_from_state(state) is not None
+
+
+def check_run_meta(path):
+    """The training fields a resume reads: present and well-formed, checked before the model changes."""
+    def check(meta):
+        def need(key, ok, want):
+            if key not in meta or not ok(meta[key]):
+                raise CheckpointError(f"{path}: cannot resume: field {key!r} is missing or not {want} "
+                                      f"(got {meta.get(key)!r:.80})")
+        nonneg = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        need("epoch", nonneg, "an integer >= 0")
+        need("data_rng", lambda v: rng_from_state(v) is not None, "a generator state")
+        if "step" in meta:
+            need("step", nonneg, "an integer >= 0")
+        if "history" in meta:
+            need("history", lambda h: isinstance(h, list) and all(
+                isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in FIELDS) for r in h),
+                f"a list of rows with {FIELDS}")
+        if meta.get("dropout_rngs") is not None:
+            need("dropout_rngs", lambda v: isinstance(v, list) and all(_dropout_state_ok(s) for s in v),
+                 "a list of generator states")
+        if meta.get("partial") is not None:
+            need("partial", lambda v: isinstance(v, dict) and all(
+                isinstance(v.get(k), (int, float)) for k in ("loss_sum", "correct", "seen")), "a partial-epoch record")
+        if meta.get("lr_plan") is not None:
+            need("lr_plan", lambda v: isinstance(v, list) and v and all(
+                isinstance(s, dict) and all(isinstance(s.get(k), (int, float)) for k in ("from", "to", "lr"))
+                and s["to"] > s["from"] for s in v), "a list of schedule segments")
+    return check
 
 
 def evaluate(model, x, y, batch_size, mean, std, distributed=None):
@@ -207,13 +330,17 @@ def _polyak_resume(model, decay, meta):
 def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
         schedule="cosine", device="cpu", seed=0, augment=True, resume=None, settings=None,
         progress=True, verbose=True, sync_every=None, interrupt_after_steps=None, polyak=None,
-        distributed=None):
+        distributed=None, overwrite=False):
     """Train ``model`` on ``data`` (dict x_train, y_train, x_test, y_test: host uint8 / int) -> history.
 
-    out: the run folder (metrics.csv, curves.png, checkpoint.npz go directly in it).
+    out: the run folder (metrics.csv, curves.png, checkpoint.npz go directly in it). A folder that
+      already holds a run is refused (RunFolderError) unless ``resume`` continues it or
+      ``overwrite=True`` replaces it; a folder another process trains into is refused.
     schedule: "constant" | "step" | "cosine" (cosine anneals to 0 over ``epochs``).
     resume: a checkpoint path; model weights, BN statistics, momentum buffers, the data
-      generator and the metrics history are restored, and training continues to ``epochs``.
+      generator and the metrics history are restored, and training continues to ``epochs``
+      (the learning-rate policy for another ``epochs`` is in the module docstring). With no
+      epochs left it says so and writes nothing.
     settings: the run's settings (JSON-able dict), stored in every checkpoint.
     progress: the tqdm bar; verbose: one summary line per epoch.
     sync_every: host reads of the running loss (progress bar, NaN check); default 1 on the
@@ -227,54 +354,76 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
       allreduced, evaluation is sharded; rank 0 alone writes files and prints.
     Returns the list of per-epoch metric rows (also in ``out/metrics.csv``).
     """
+    kw = dict(locals())             # every argument, passed on to _fit: a new keyword needs no plumbing
     check_device(device)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if not (isinstance(v, (int, np.integer)) and v >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if distributed is not None:
+        distributed.check_batch_size(batch_size)
+    kw["out"] = Path(out)
+    # under mpiexec rank 0 alone owns (and locks) the run folder; the other ranks write nothing
+    owner = distributed is None or distributed.rank == 0
+    with claim(kw["out"], resume=resume, overwrite=overwrite) if owner else contextlib.nullcontext():
+        return _fit(**kw)
+
+
+def _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, schedule, device, seed,
+         augment, resume, settings, progress, verbose, sync_every, interrupt_after_steps, polyak,
+         distributed, overwrite):
+    """The body of ``fit``, run while the run folder is claimed."""
     dist = distributed
     writer = dist is None or dist.rank == 0           # rank 0 alone writes and prints
     progress, verbose = progress and writer, verbose and writer
-    if dist is not None:
-        dist.check_batch_size(batch_size)
-    out = Path(out)
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
+    fields = FIELDS + POLYAK_FIELDS if polyak is not None else FIELDS
     x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"], dtype=np.int64)
     x_test, y_test = np.asarray(data["x_test"]), np.asarray(data["y_test"], dtype=np.int64)
     n_classes = _num_outputs(model)
     for name, yy in (("y_train", y_train), ("y_test", y_test)):
         if yy.size and (yy.min() < 0 or (n_classes and yy.max() >= n_classes)):
             raise ValueError(f"{name}: labels must lie in [0, {n_classes}), got {yy.min()}..{yy.max()}")
-    mean, std = channel_stats(x_train)
-    model.to(device)
-    model.train()
-    x_train_d, y_train_d = to_device(x_train, device), to_device(y_train, device)
-    x_test_d, y_test_d = to_device(x_test, device), to_device(y_test, device)
     # drop a last batch of one image: batch norm cannot train on it
     drop_last = x_train.shape[0] % batch_size == 1
     if dist is not None:        # ... nor on a rank's slice of it: each rank needs two images
         drop_last = 0 < x_train.shape[0] % batch_size < 2 * dist.size
-    rng = np.random.default_rng(seed)
-    train_iter = BatchIterator(x_train_d, y_train_d, batch_size, mean, std, shuffle=True,
-                               augment=augment, rng=rng, drop_last=drop_last, dtype=_dtype_of(model))
-    steps = len(train_iter)
+    steps = x_train.shape[0] // batch_size + (x_train.shape[0] % batch_size > int(drop_last))
+    if steps == 0 or x_test.shape[0] == 0:
+        raise ValueError(f"this run would take zero steps (or test nothing): {x_train.shape[0]} training and "
+                         f"{x_test.shape[0]} test images at batch size {batch_size}")
+    mean, std = channel_stats(x_train)
     opt = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = make_schedule(schedule, lr, epochs)
-    sync_every = sync_every or (50 if device == "gpu" else 1)
     settings = dict(settings or {})
 
-    start_epoch, start_step, history, partial = 0, 0, [], None
+    start_epoch, start_step, history, partial, plan = 0, 0, [], None, None
+    rng = np.random.default_rng(seed)
     if resume is not None:
-        meta = load_checkpoint(resume, model, opt)
-        start_epoch, start_step = int(meta["epoch"]), int(meta.get("step", 0))
+        meta = load_checkpoint(resume, model, opt, check_meta=check_run_meta(resume))
+        start_epoch, start_step = meta["epoch"], meta.get("step", 0)
         history = list(meta.get("history", []))
-        train_iter.rng = rng = rng_from_state(meta["data_rng"])
+        if start_epoch >= epochs:
+            say(f"nothing to train: {resume} is already at epoch {start_epoch}, and epochs={epochs} asks for "
+                "no more; no file was written")
+            return history
+        rng = rng_from_state(meta["data_rng"])
         _set_dropout_states(model, meta.get("dropout_rngs"))
-        partial = meta.get("partial")
+        partial, plan = meta.get("partial"), meta.get("lr_plan")
+        if writer:
+            _catch_up_metrics(out / METRICS, history, fields)
+    sched, plan = _lr_plan(schedule, lr, epochs, plan, start_epoch + start_step / steps, say)
+
+    model.to(device)
+    model.train()
+    x_train_d, y_train_d = to_device(x_train, device), to_device(y_train, device)
+    x_test_d, y_test_d = to_device(x_test, device), to_device(y_test, device)
+    train_iter = BatchIterator(x_train_d, y_train_d, batch_size, mean, std, shuffle=True,
+                               augment=augment, rng=rng, drop_last=drop_last, dtype=_dtype_of(model))
+    assert len(train_iter) == steps
+    sync_every = sync_every or (50 if device == "gpu" else 1)
     if dist is not None:
         dist.attach(model, opt)                        # rank 0's weights (and resumed state) everywhere
         _split_dropout_streams(model, dist.rank)
     avg = None if polyak is None else _polyak_resume(model, polyak, meta if resume is not None else {})
-    fields = FIELDS + POLYAK_FIELDS if avg is not None else FIELDS
-    if writer:
-        write_metrics(out / METRICS, history, fields)
 
     xp = get_array_module(x_train_d)
     done_steps = 0
@@ -339,6 +488,7 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                 loss_sum, correct, seen, seen_now = _reduce(dist, float(loss_sum), int(correct), seen, seen_now)
             if interrupted:
                 _check_finite(loss_sum, epoch, step, opt.lr)
+                _check_state_finite(model, None, epoch + 1, out)
                 path = out / CHECKPOINT
                 if dist is not None:
                     dist.end_epoch(model, opt)
@@ -346,7 +496,7 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                     extra, pmeta = _polyak_checkpoint(avg)
                     path = save_checkpoint(
                         out / CHECKPOINT, model, opt, extra=extra, epoch=epoch, step=step, data_rng=epoch_rng_state,
-                        dropout_rngs=_dropout_states(model), history=history, settings=settings,
+                        dropout_rngs=_dropout_states(model), history=history, settings=settings, lr_plan=plan,
                         partial={"loss_sum": float(loss_sum), "correct": int(correct), "seen": int(seen)}, **pmeta)
                 raise KeyboardInterrupt(f"training interrupted at epoch {epoch + 1}, step {step}; "
                                         f"saved {path} (continue with --resume {path})")
@@ -363,15 +513,12 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                 with avg.applied():
                     row["polyak_test_loss"], row["polyak_test_acc"] = evaluate(
                         model, x_test_d, y_test_d, batch_size, mean, std, dist)
+            if writer:
+                extra, pmeta = _polyak_checkpoint(avg)
+                _write_epoch(out, model, opt, history + [row], settings,
+                             dict(epoch=epoch + 1, step=0, data_rng=rng.bit_generator.state,
+                                  dropout_rngs=_dropout_states(model), lr_plan=plan, **pmeta), fields, extra)
             history.append(row)
-            if not writer:
-                continue
-            append_metrics(out / METRICS, row, fields)
-            extra, pmeta = _polyak_checkpoint(avg)
-            save_checkpoint(out / CHECKPOINT, model, opt, extra=extra, epoch=epoch + 1, step=0,
-                            data_rng=rng.bit_generator.state, dropout_rngs=_dropout_states(model),
-                            history=history, settings=settings, **pmeta)
-            plot_curves(out / CURVES, history, title=settings.get("title"))
             if verbose:
                 print(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                       f"test loss {test_loss:.4f} acc {test_acc:.3f} | "
@@ -379,8 +526,6 @@ def fit(model, data, out, epochs=5, batch_size=64, lr=0.05, momentum=0.9, weight
                          if avg is not None else "")
                       + f"lr {lr_epoch:.4g} | "
                       f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f} s", flush=True)
-    if writer and history and not (out / CURVES).exists():
-        plot_curves(out / CURVES, history, title=settings.get("title"))
     return history
 
 
@@ -389,8 +534,8 @@ def _split_dropout_streams(model, rank):
     ranks must not repeat each other's masks on their different slices."""
     for m in model.modules():
         if isinstance(m, Dropout) and rank:
-            m._host_rng = np.random.Generator(m._host_rng.bit_generator.jumped(rank))
-            m._device_rng = None
+            host = rng_from_state(m.rng_state()["host"])
+            m.set_rng_state({"host": host.bit_generator.jumped(rank).state, "device": None})
 
 
 def _progress(enabled, total, initial, desc):

@@ -1,4 +1,5 @@
 """Checkpoints: round trip, atomic write, refusal of truncated / foreign / pickled / mismatched files."""
+import json
 import os
 
 import numpy as np
@@ -107,6 +108,106 @@ def test_refuses_other_architecture_and_changes_nothing(tmp_path):
         np.testing.assert_array_equal(other.state_dict()[k], v)
 
 
-def test_missing_file(tmp_path):
+def test_missing_file_is_both_a_checkpoint_error_and_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         mx.load_checkpoint(tmp_path / "nope.npz", tiny_model(0))
+    with pytest.raises(CheckpointError):
+        mx.load_checkpoint(tmp_path / "nope.npz", tiny_model(0))
+
+
+# -- the reader trusts nothing: only CheckpointError leaves load_checkpoint, and it changes nothing
+
+def _write(path, entries):
+    np.savez(path, **entries)
+    return path
+
+
+def _good_entries():
+    m, opt = _trained(0)
+    return {MARKER: np.array(1), "meta": np.array(json.dumps({"epoch": 1, "_optimizer": {
+        "steps": 2, "lr": 0.1, "n_params": len(opt.params)}})),
+        **{f"model/{k}": v for k, v in m.state_dict().items()},
+        **{f"optim/momentum/{i}": b for i, b in enumerate(opt.buffers)}}
+
+
+@pytest.mark.parametrize("case,match", [
+    ("marker_text", "marker"), ("marker_shape", "marker"),
+    ("meta_bad_json", "meta"), ("meta_not_object", "meta"), ("meta_missing", "meta"),
+    ("optim_abc", "abc"), ("optim_999", "999"), ("optim_minus_one", "-1"), ("optim_meta_missing", "optimiser"),
+    ("optim_meta_bad", "n_params"), ("entry_unexpected", "unexpected"),
+])
+def test_malformed_files_raise_only_checkpoint_error_and_change_nothing(tmp_path, case, match):
+    e = _good_entries()
+    if case == "marker_text":
+        e[MARKER] = np.array("one")
+    elif case == "marker_shape":
+        e[MARKER] = np.array([1, 1])
+    elif case == "meta_bad_json":
+        e["meta"] = np.array("{not json")
+    elif case == "meta_not_object":
+        e["meta"] = np.array("[1, 2]")
+    elif case == "meta_missing":
+        del e["meta"]
+    elif case == "optim_abc":
+        e["optim/momentum/abc"] = e.pop("optim/momentum/0")
+    elif case == "optim_999":
+        e["optim/momentum/999"] = e.pop("optim/momentum/0")
+    elif case == "optim_minus_one":
+        e["optim/momentum/-1"] = e.pop(f"optim/momentum/{len([k for k in e if k.startswith('optim/')]) - 1}")
+    elif case == "optim_meta_missing":
+        e["meta"] = np.array(json.dumps({"epoch": 1}))
+    elif case == "optim_meta_bad":
+        e["meta"] = np.array(json.dumps({"_optimizer": {"steps": 2, "lr": 0.1, "n_params": "many"}}))
+    elif case == "entry_unexpected":
+        e["weights/x"] = np.zeros(2)
+    path = _write(tmp_path / "c.npz", e)
+    m, opt = _trained(1)
+    before, bufs = params_of(m), [b.copy() for b in opt.buffers]
+    with pytest.raises(CheckpointError, match=match):
+        mx.load_checkpoint(path, m, opt)
+    for k, v in before.items():
+        np.testing.assert_array_equal(m.state_dict()[k], v, err_msg=k)
+    for b, b0 in zip(opt.buffers, bufs):
+        np.testing.assert_array_equal(b, b0)
+
+
+def test_a_directory_and_a_random_file_get_exact_messages(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        mx.load_checkpoint(tmp_path, tiny_model(0))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(os.urandom(2000))
+    with pytest.raises(CheckpointError, match="not a checkpoint") as e:
+        mx.load_checkpoint(junk, tiny_model(0))
+    assert "pickle" not in str(e.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        mx.load_checkpoint(tmp_path / "nope.npz", tiny_model(0))
+
+
+def test_a_bad_generator_state_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="bit_generator"):
+        rng_from_state({"bit_generator": "seed", "state": {}})
+    with pytest.raises(CheckpointError, match="state"):
+        rng_from_state({"bit_generator": "PCG64", "state": "garbage"})
+    with pytest.raises(CheckpointError):
+        rng_from_state([1, 2])
+
+
+def test_a_model_mismatch_names_a_few_keys_and_a_count(tmp_path):
+    m, opt = _trained(0)
+    path = mx.save_checkpoint(tmp_path / "c.npz", m, opt, epoch=1)
+    other = mx.models.mini_xception(10, width=0.25, middle_blocks=1)
+    with pytest.raises(CheckpointError, match=r"missing.*\d+ more") as e:
+        mx.load_checkpoint(path, other)
+    assert len(str(e.value)) < 600, str(e.value)
+
+
+def test_checkpoints_get_the_file_mode_of_the_other_run_files(tmp_path):
+    m, opt = _trained(0)
+    old = os.umask(0o022)
+    try:
+        mx.save_checkpoint(tmp_path / "c.npz", m, opt, epoch=1)
+        (tmp_path / "other.csv").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777
+    assert mode(tmp_path / "c.npz") == mode(tmp_path / "other.csv") == 0o644

@@ -118,7 +118,7 @@ def test_train_on_gpu_without_one_says_so_and_exits_nonzero(tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
     errors = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: device 'gpu'"), r.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: --device gpu: device 'gpu'"), r.stderr
     assert "use device='cpu'" in errors[0]
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
