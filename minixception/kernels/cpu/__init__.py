@@ -10,7 +10,7 @@ import importlib
 import warnings
 
 # the modules that register CPU kernels, imported by load()
-MODULES = ()
+MODULES = ("depthwise",)
 
 _status = {"loaded": False, "numba": None, "error": None}
 

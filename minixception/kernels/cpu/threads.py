@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 MIN_WORK = 1 << 20        # below about a million multiply-adds a hand-off costs more than it saves
@@ -29,32 +28,27 @@ _threads = None
 
 
 def _threads_from_env() -> int:
-    cores = os.cpu_count() or 1
     raw = os.environ.get("MINIXCEPTION_THREADS")
     if raw is None or raw.strip() == "":
-        return cores
+        return os.cpu_count() or 1
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"MINIXCEPTION_THREADS must be a whole number of threads >= 1, got {raw!r}") from None
+        n = 0
     if n < 1:
         raise ValueError(f"MINIXCEPTION_THREADS must be a whole number of threads >= 1, got {raw!r}")
-    if n > cores:
-        warnings.warn(f"MINIXCEPTION_THREADS={n} is more than this machine's {cores} cores; using {cores}",
-                      RuntimeWarning, stacklevel=2)
-        n = cores
-    return n
+    return n        # more than the cores is allowed (slower, same results): the user asked for it
 
 
 def num_threads() -> int:
-    """Threads the CPU kernels use (``MINIXCEPTION_THREADS``, checked once, capped at the cores)."""
+    """Threads the CPU kernels use: ``MINIXCEPTION_THREADS`` (read and checked once), else the cores."""
     global _threads
     if _threads is None:
         _threads = _threads_from_env()
     return _threads
 
 
-def chunk_bounds(n: int, work_per_item: int, min_work: int = MIN_WORK) -> list[tuple[int, int]]:
+def chunk_bounds(n: int, work_per_item: int, min_work: int | None = None) -> list[tuple[int, int]]:
     """Split ``range(n)`` into contiguous chunks of at least ``min_work`` work each.
 
     The result depends on ``n`` and the work only (not on the thread count), so per-chunk
@@ -62,6 +56,8 @@ def chunk_bounds(n: int, work_per_item: int, min_work: int = MIN_WORK) -> list[t
     """
     if n <= 0:
         return []
+    if min_work is None:
+        min_work = MIN_WORK
     per_chunk = max(1, -(-min_work // max(1, work_per_item)))     # ceil(min_work / work_per_item)
     k = max(1, min(n, n // per_chunk))
     return [(n * i // k, n * (i + 1) // k) for i in range(k)]
