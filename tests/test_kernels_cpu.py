@@ -107,6 +107,9 @@ def test_fast_kernels_decline_what_they_do_not_handle(numba_kernels):
     assert kernels.select("depthwise_conv2d", np.asfortranarray(x), k, 1, "same") is ref
     assert kernels.select("depthwise_conv2d", x, k.astype(np.float64), 1, "same") is ref
     assert kernels.select("depthwise_conv2d", x, k, 1, "bogus") is ref
+    assert kernels.select("depthwise_conv2d", x, k, 0, "same") is ref
+    assert kernels.select("depthwise_conv2d", x, k, (1, -1), "valid") is ref
+    assert kernels.select("depthwise_conv2d", x, np.ascontiguousarray(k[:, :, :3]), 1, "same") is ref  # 3 != 4 channels
     with pytest.raises(ValueError, match="padding"):
         ref.forward(x, k, 1, "bogus")
 

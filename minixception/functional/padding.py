@@ -45,6 +45,8 @@ def conv_geometry(h, w, kernel_size, stride, padding):
     """
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
+    if min(kh, kw, sh, sw) < 1:
+        raise ValueError(f"window {kh}x{kw} and stride {sh}x{sw}: both must be at least 1")
     if isinstance(padding, (tuple, list)):
         ph, pw = pair(padding, "padding")
         pads = ((ph, ph), (pw, pw))

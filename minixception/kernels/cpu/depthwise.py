@@ -130,10 +130,12 @@ def supports(x, kernel=None, stride=1, padding="same", *args, **kwargs):
         return False
     try:
         sh, sw = pair(stride, "stride")
+        if min(sh, sw) < 1:
+            return False
         conv_geometry(x.shape[1], x.shape[2], kernel.shape[:2], (sh, sw), padding)
     except (TypeError, ValueError):
         return False
-    return sh >= 1 and sw >= 1
+    return True
 
 
 def _chunks(n, per_image):
