@@ -3,6 +3,7 @@
 Every fast kernel must give the reference's results: float64 to rounding (1e-12), float32
 within 1e-4 of the float64 reference. Kernels that need numba skip cleanly without it.
 """
+import json
 import os
 import subprocess
 import sys
@@ -250,3 +251,41 @@ def test_first_compile_is_announced_once(numba_kernels, tmp_path):
     warm = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
     assert warm.returncode == 0 and warm.stdout.strip() == "numba", warm.stderr
     assert "compiling" not in warm.stderr, warm.stderr
+
+
+def test_no_process_wide_blas_change_and_cpu_threads_is_scoped():
+    """Importing and running ops leaves BLAS's threads alone; ``cpu_threads`` caps them only inside."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "def blas(): return sorted(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas')\n"
+        "before = blas()\n"
+        "import minixception as mx\n"
+        "from minixception.kernels.cpu import threads\n"
+        "model = mx.nn.Sequential(mx.nn.SeparableConv2D(3, 8, rng=0), mx.nn.BatchNorm2D(8), mx.nn.ReLU(),\n"
+        "                         mx.nn.MaxPool2D(), mx.nn.Conv2D(8, 4, 3, padding='same', rng=1))\n"
+        "x = np.random.default_rng(0).standard_normal((4, 9, 9, 3)).astype(np.float32)\n"
+        "model.backward(model(x))\n"
+        "after_ops = blas()\n"
+        "kernel_threads = threads.num_threads()\n"
+        "with mx.cpu_threads(1):\n"
+        "    model.backward(model(x))\n"
+        "    inside, inside_kernels = blas(), threads.num_threads()\n"
+        "import json\n"
+        "print(json.dumps([before, after_ops, inside, blas(), inside_kernels, threads.num_threads() == kernel_threads]))\n")
+    out = _python(code, MINIXCEPTION_THREADS="2")
+    assert out.returncode == 0, out.stderr
+    before, after_ops, inside, after, inside_kernels, same = json.loads(out.stdout)
+    assert before, "no BLAS found by threadpoolctl"
+    assert after_ops == before
+    assert inside == [1] * len(before)
+    assert after == before
+    assert inside_kernels == 1 and same is True
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_cpu_threads_refuses_bad_counts(bad):
+    with pytest.raises(ValueError, match="cpu_threads"):
+        with mx.cpu_threads(bad):
+            pass

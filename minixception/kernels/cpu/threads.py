@@ -11,10 +11,14 @@ the chunks' partial results are added in chunk order. Chunk boundaries depend on
 problem size -- never on the number of threads -- so the same seed gives bit-identical
 results with 1, 2 or 16 threads.
 
-``MINIXCEPTION_THREADS=N`` sets the number of threads (default: the machine's cores).
+``MINIXCEPTION_THREADS=N`` sets the number of threads (default: the machine's cores);
+``with cpu_threads(n):`` sets it, and caps NumPy's BLAS threads, inside one block. Nothing
+here changes BLAS's threading outside such a block.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +29,7 @@ _pool = None
 _pool_size = 0
 _lock = threading.Lock()
 _threads = None
+_scoped = contextvars.ContextVar("minixception_cpu_threads", default=None)   # set by cpu_threads()
 
 
 def _threads_from_env() -> int:
@@ -41,8 +46,12 @@ def _threads_from_env() -> int:
 
 
 def num_threads() -> int:
-    """Threads the CPU kernels use: ``MINIXCEPTION_THREADS`` (read and checked once), else the cores."""
+    """Threads the CPU kernels use: inside ``cpu_threads(n)`` n; else ``MINIXCEPTION_THREADS``
+    (read and checked once); else the machine's cores."""
     global _threads
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     if _threads is None:
         _threads = _threads_from_env()
     return _threads
@@ -90,3 +99,26 @@ def run_chunks(fn, bounds):
     for f in futures:
         results.extend(f.result())
     return results
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Within this block, use at most ``n`` CPU threads: NumPy's BLAS and the CPU kernels.
+
+        with mx.cpu_threads(1):
+            model(x)                  # one core, e.g. beside other jobs
+
+    The BLAS limit (through threadpoolctl) holds only inside the block and the previous
+    limits come back on exit. Note that BLAS threads are a process-wide setting, so other
+    Python threads calling BLAS during the block see the limit too; the kernels' count is
+    per context (other threads keep theirs). Results never depend on ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cpu_threads: expected a whole number of threads >= 1, got {n!r}")
+    from threadpoolctl import threadpool_limits
+    token = _scoped.set(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        _scoped.reset(token)
