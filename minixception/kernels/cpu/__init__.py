@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import warnings
 
-# the modules that register CPU kernels, imported by load()
+# the modules that register CPU kernels, imported by load(): PLAIN ones need NumPy only,
+# the others numba
+PLAIN_MODULES = ("gemm",)
 MODULES = ("depthwise",)
 
 _status = {"loaded": False, "numba": None, "error": None}
@@ -30,6 +32,8 @@ def load() -> None:
     if _status["loaded"]:
         return
     _status["loaded"] = True
+    for name in PLAIN_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
     if not numba_available():
         warnings.warn("minixception: numba is not installed, so the CPU runs the plain NumPy reference "
                       "(correct, several times slower). `pip install -e \".[fast]\"` adds the fast kernels.",

@@ -57,6 +57,11 @@ def num_threads() -> int:
     return _threads
 
 
+def in_cpu_threads_scope() -> bool:
+    """True inside a ``cpu_threads`` block (where BLAS is single-threaded and GEMMs are split here)."""
+    return _scoped.get() is not None
+
+
 def chunk_bounds(n: int, work_per_item: int, min_work: int | None = None) -> list[tuple[int, int]]:
     """Split ``range(n)`` into contiguous chunks of at least ``min_work`` work each.
 
@@ -103,22 +108,25 @@ def run_chunks(fn, bounds):
 
 @contextlib.contextmanager
 def cpu_threads(n: int):
-    """Within this block, use at most ``n`` CPU threads: NumPy's BLAS and the CPU kernels.
+    """Within this block, the CPU work runs on ``n`` threads of the kernels' pool.
 
-        with mx.cpu_threads(1):
-            model(x)                  # one core, e.g. beside other jobs
+        with mx.cpu_threads(2):
+            for step in ...: train_step()
 
-    The BLAS limit (through threadpoolctl) holds only inside the block and the previous
-    limits come back on exit. Note that BLAS threads are a process-wide setting, so other
-    Python threads calling BLAS during the block see the limit too; the kernels' count is
-    per context (other threads keep theirs). Results never depend on ``n``.
+    Inside the block NumPy's BLAS is held to one thread (threadpoolctl) and the big GEMMs
+    (the pointwise convolutions) are split by rows over the pool instead: OpenBLAS's own
+    threads spin while idle and, on a busy machine, fight the kernels' threads for the
+    cores. The previous BLAS limits come back on exit; outside such a block nothing here
+    touches BLAS. BLAS threads are a process-wide setting, so other Python threads calling
+    BLAS during the block see the limit too; the kernels' thread count is per context.
+    Results never depend on ``n``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cpu_threads: expected a whole number of threads >= 1, got {n!r}")
     from threadpoolctl import threadpool_limits
     token = _scoped.set(n)
     try:
-        with threadpool_limits(limits=n, user_api="blas"):
+        with threadpool_limits(limits=1, user_api="blas"):
             yield
     finally:
         _scoped.reset(token)
