@@ -13,9 +13,11 @@ Prints two tables, as ratios minixception / PyTorch (lower is better, 1.0 = as f
 PyTorch runs the same network with the same weights (``torch_mirror``), in both NCHW and
 channels_last; its better time counts. The runs of both sides alternate, repeat after
 repeat, so a burst of load on a shared machine hits both; each side's best repeat counts.
-The numba kernels are compiled (or loaded from the disk cache) before any timing.
+The numba kernels are compiled (or loaded from the disk cache) before any timing, and
+minixception runs inside ``mx.cpu_threads(n)`` as the trainer does (BLAS on one thread,
+the GEMMs split over the kernels' pool; n = MINIXCEPTION_THREADS or the cores).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_cpu.py [--quick]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_cpu.py [--quick] [--threads N]
 
 Measurement only: no test asserts a time.
 """
@@ -111,7 +113,12 @@ def op_cases(batch, rng):
         tx, td, tp = _t(x, layout), _w(d.transpose(2, 3, 0, 1), layout), _w(p.transpose(3, 2, 0, 1), layout)
         return lambda: TF.conv2d(TF.conv2d(tx, td, None, 1, 1, 1, 128), tp).sum().backward()
     cases.append(("separable 128->256 16x16", "separable_conv2d", (x, d, p, 1, "same", None), sep_torch))
-    conv("pointwise 128->256 16x16", 16, 128, 256, 1, 1, "valid")
+    xq, wq = arr(batch, 16, 16, 128), arr(1, 1, 128, 256, scale=0.1)
+
+    def pw_torch(layout):
+        tx, tw = _t(xq, layout), _w(wq.transpose(3, 2, 0, 1), layout)
+        return lambda: TF.conv2d(tx, tw).sum().backward()
+    cases.append(("pointwise 128->256 16x16", "pointwise_conv2d", (xq, wq), pw_torch))
     conv("shortcut 1x1/2 64->128 32x32", 32, 64, 128, 1, 2, "valid")
     for hw, c in ((32, 32), (16, 128)):
         xb = arr(batch, hw, hw, c)
@@ -148,9 +155,12 @@ def mx_op_closure(op, args, seed=0):
 
 
 def op_table(batch, repeat):
+    cases = [(label, *mx_op_closure(op, args), torch_fn) for label, op, args, torch_fn in
+             op_cases(batch, np.random.default_rng(0))]
+    for _, _, run, _ in cases:                             # compile / load every kernel before timing
+        run()
     print(f"{'op (forward + backward)':34s} {'ran':>9s} {'minixception':>13s} {'PyTorch':>10s} {'ratio':>7s}")
-    for label, op, args, torch_fn in op_cases(batch, np.random.default_rng(0)):
-        name, run = mx_op_closure(op, args)
+    for label, name, run, torch_fn in cases:
         t_mx, t_nchw, t_cl = interleaved_best([run, torch_fn("nchw"), torch_fn("channels_last")], repeat)
         t_th = min(t_nchw, t_cl)
         print(f"{label:34s} {name:>9s} {t_mx * 1e3:10.2f} ms {t_th * 1e3:7.2f} ms {t_mx / t_th:6.2f}x")
@@ -226,20 +236,30 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=None, help="timed repeats per entry (default 7; --quick 3)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--widths", default=None, help="mini_xception widths, comma-separated (default 1,2,4)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for both sides (0: MINIXCEPTION_THREADS or all cores); --threads 1 is "
+                         "steadier on a busy machine")
     ap.add_argument("--ops-only", action="store_true")
     ap.add_argument("--step-only", action="store_true")
     args = ap.parse_args(argv)
     repeat = args.repeat or (3 if args.quick else 7)
     widths = [float(w) for w in (args.widths or ("1,4" if args.quick else "1,2,4")).split(",")]
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    n_threads = args.threads or kernels.cpu.threads.num_threads()
+    torch.set_num_threads(n_threads)
     print(f"NumPy {np.__version__}, PyTorch {torch.__version__}, {os.cpu_count()} cores, "
-          f"minixception CPU kernel threads {kernels.cpu.threads.num_threads()}, float32, batch {args.batch}")
+          f"{n_threads} thread(s) each side, float32, batch {args.batch}")
     t0 = time.perf_counter()
     kernels.cpu.load()                                     # import the numba kernels (if numba is there)
     print(f"fast CPU kernels: {', '.join(op for op, names in kernels.registered().items() if len(names) > 1) or 'none'}")
     print(f"best of {repeat} interleaved repeats; ratio = minixception / PyTorch (best of NCHW and "
           f"channels_last); lower is better\n")
+    with mx.cpu_threads(n_threads):
+        tables(args, repeat, widths)
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+def tables(args, repeat, widths):
     if not args.step_only:
         op_table(args.batch, repeat)
         print()
@@ -254,7 +274,6 @@ def main(argv=None):
                   f"{b_cl * 1e3:8.1f}  {a / b:6.2f}x   (max |logit diff| {diff:.0e})")
         print("\n  implementations that ran in the last step: "
               + ", ".join(f"{op} {names}" for op, names in ran.items()))
-    print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

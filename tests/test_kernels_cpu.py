@@ -36,6 +36,8 @@ DEPTHWISE_CASES = [
     ((2, 11, 7, 4), (3, 3), 2, "valid"),
     ((1, 6, 7, 3), (3, 3), 1, 1),
     ((2, 7, 7, 6), (5, 3), 2, 2),
+    ((2, 7, 8, 6), (5, 3), 1, 2),
+    ((1, 9, 5, 3), (3, 5), 1, "same"),
     ((2, 5, 6, 130), (3, 3), (2, 1), "same"),
     ((1, 4, 4, 2), (1, 1), 1, "valid"),
 ]
@@ -56,9 +58,13 @@ def _depthwise_inputs(shape, ksize, dtype, seed=0):
     return x.astype(dtype), k.astype(dtype)
 
 
+@pytest.mark.parametrize("loops", ["rows", "pixels"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape, ksize, stride, padding", DEPTHWISE_CASES, ids=CASE_IDS)
-def test_depthwise_equals_reference(numba_kernels, shape, ksize, stride, padding, dtype):
+def test_depthwise_equals_reference(numba_kernels, shape, ksize, stride, padding, dtype, loops, monkeypatch):
+    """Both loop forms (stride-1 rows for few channels, per pixel otherwise) on every case."""
+    from minixception.kernels.cpu import depthwise
+    monkeypatch.setattr(depthwise, "ROWS_BELOW_CHANNELS", 1 << 30 if loops == "rows" else 0)
     x, k = _depthwise_inputs(shape, ksize, dtype)
     impl = kernels.select("depthwise_conv2d", x, k, stride, padding)
     assert impl.name == "numba", "the numba depthwise kernel did not take the call"
@@ -376,5 +382,7 @@ def test_training_is_bit_identical_for_1_2_and_3_threads(numba_kernels):
         assert out.returncode == 0, out.stderr
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert [r["threads"] for r in runs] == [1, 2, 3]
-    assert runs[0]["max_chunks"] > 1, "no op was split into chunks: the test would prove nothing"
+    assert runs[0]["max_chunks"] > 1, (
+        "no op was split into chunks (do the layers run their ops through kernels.select?): "
+        "the test would prove nothing")
     assert runs[0]["sha256"] == runs[1]["sha256"] == runs[2]["sha256"]

@@ -109,6 +109,68 @@ def _backward_kernel(x, dy, kh, kw, sh, sw, top, left, n0, n1):
     return total
 
 
+# ---------------------------------------------- stride 1: whole rows, (w, c) flattened into one loop
+# At stride 1 a tap (a, b) shifts a whole image row by b - left columns, so the pixels of
+# a row and their channels form one contiguous run: with rows viewed as (W*C,) vectors the
+# innermost loop runs over W*C values (not just C), which compiles to long vector loops
+# even for few channels. The kernel row is tiled to that length, kt[a, b, j*C + c] = k[a, b, c].
+# Forward and input gradient are the same loop: dst[i, j] = sum_{a,b} src[i + s*(a - top),
+# j + s*(b - left)] * k[a, b], with s = +1 (forward: src = x) or s = -1 (dx: src = dy).
+@kernel_jit
+def _tapsum_rows(src, kt, dst, c_n, top, left, s, n0, n1):
+    """src: (N, Hs, Ws*C), kt: (kh, kw, Wd*C) -> writes dst[n0:n1]: (n1 - n0, Hd, Wd*C)."""
+    h_src, w_src = src.shape[1], src.shape[2] // c_n
+    h_dst, w_dst = dst.shape[1], dst.shape[2] // c_n
+    kh, kw = kt.shape[0], kt.shape[1]
+    for n in range(n0, n1):
+        for i in range(h_dst):
+            for q in range(w_dst * c_n):
+                dst[n, i, q] = 0
+            for a in range(kh):
+                h = i + s * (a - top)
+                if h < 0 or h >= h_src:
+                    continue
+                for b in range(kw):
+                    off = s * (b - left)                # column shift of this tap
+                    j0, j1 = max(0, -off), min(w_dst, w_src - off)
+                    # views that start where the run starts: the loop index t is then plainly
+                    # >= 0, so numba drops its negative-index check and the loop vectorises
+                    out = dst[n, i, j0 * c_n:]
+                    inp = src[n, h, (j0 + off) * c_n:]
+                    kr = kt[a, b, j0 * c_n:]
+                    for t in range((j1 - j0) * c_n):
+                        out[t] += inp[t] * kr[t]
+
+
+@kernel_jit
+def _kernel_grad_rows(x, dy, kh, kw, c_n, top, left, n0, n1):
+    """Stride 1. x: (N, H, W*C), dy: (N, Ho, Wo*C) -> the partial dk over images n0:n1, (kh, kw, C) float64."""
+    h_in, w_in = x.shape[1], x.shape[2] // c_n
+    oh, ow = dy.shape[1], dy.shape[2] // c_n
+    total = np.zeros((kh, kw, c_n), dtype=np.float64)
+    part = np.empty((kh, kw, ow * c_n), dtype=x.dtype)     # one image, per (tap, column, channel)
+    for n in range(n0, n1):
+        part[:] = 0
+        for i in range(oh):
+            for a in range(kh):
+                h = i - top + a
+                if h < 0 or h >= h_in:
+                    continue
+                for b in range(kw):
+                    off = b - left
+                    j0, j1 = max(0, -off), min(ow, w_in - off)
+                    acc = part[a, b, j0 * c_n:]
+                    inp = x[n, h, (j0 + off) * c_n:]
+                    g = dy[n, i, j0 * c_n:]
+                    for t in range((j1 - j0) * c_n):
+                        acc[t] += inp[t] * g[t]
+        for a in range(kh):                                  # fold the columns, in float64
+            for b in range(kw):
+                for q in range(ow * c_n):
+                    total[a, b, q % c_n] += part[a, b, q]
+    return total
+
+
 # ------------------------------------------------------------------ the op, as the reference's pair
 class _Cache:
     """What the fast backward needs: the input itself (no padded copy) and the geometry."""
@@ -139,6 +201,16 @@ def supports(x, kernel=None, stride=1, padding="same", *args, **kwargs):
     return True
 
 
+# Below this many channels the per-pixel loop over C is too short to vectorise well, and the
+# stride-1 row form (W*C values per loop) is the faster one; above, the per-pixel loops keep
+# their working set (a pixel's channels, a (kh, kw, C) partial sum) in the L1 cache.
+ROWS_BELOW_CHANNELS = 64
+
+
+def _by_rows(sh, sw, c):
+    return (sh, sw) == (1, 1) and c < ROWS_BELOW_CHANNELS
+
+
 def _chunks(n, per_image):
     return threads.chunk_bounds(n, per_image)
 
@@ -154,8 +226,12 @@ def depthwise_conv2d_forward(x, kernel, stride=1, padding="same"):
     top, left = pads[0][0], pads[1][0]
     k = kernel.reshape(kh, kw, c)
     y = np.empty((n, oh, ow, c), dtype=x.dtype)
-    threads.run_chunks(lambda n0, n1: _forward(x, k, y, sh, sw, top, left, n0, n1),
-                       _chunks(n, oh * ow * c * kh * kw))
+    bounds = _chunks(n, oh * ow * c * kh * kw)
+    if _by_rows(sh, sw, c):
+        x3, y3, kt = x.reshape(n, h, w * c), y.reshape(n, oh, ow * c), np.tile(k, (1, 1, ow))
+        threads.run_chunks(lambda n0, n1: _tapsum_rows(x3, kt, y3, c, top, left, 1, n0, n1), bounds)
+    else:
+        threads.run_chunks(lambda n0, n1: _forward(x, k, y, sh, sw, top, left, n0, n1), bounds)
     return y, _Cache(x, kernel, (sh, sw), pads)
 
 
@@ -176,9 +252,17 @@ def depthwise_conv2d_backward(dy, cache):
     dx = np.empty_like(x)
     work = oh * ow * c * kh * kw
     bounds = _chunks(n, work)
-    threads.run_chunks(lambda n0, n1: _backward_input(dy, k, dx, sh, sw, top, left, n0, n1), bounds)
-    parts = threads.run_chunks(lambda n0, n1: _backward_kernel(x, dy, kh, kw, sh, sw, top, left, n0, n1),
-                               bounds)
+    if _by_rows(sh, sw, c):
+        h, w = x.shape[1], x.shape[2]
+        x3, dy3, dx3 = x.reshape(n, h, w * c), dy.reshape(n, oh, ow * c), dx.reshape(n, h, w * c)
+        kt = np.tile(k, (1, 1, w))
+        threads.run_chunks(lambda n0, n1: _tapsum_rows(dy3, kt, dx3, c, top, left, -1, n0, n1), bounds)
+        parts = threads.run_chunks(lambda n0, n1: _kernel_grad_rows(x3, dy3, kh, kw, c, top, left, n0, n1),
+                                   bounds)
+    else:
+        threads.run_chunks(lambda n0, n1: _backward_input(dy, k, dx, sh, sw, top, left, n0, n1), bounds)
+        parts = threads.run_chunks(lambda n0, n1: _backward_kernel(x, dy, kh, kw, sh, sw, top, left, n0, n1),
+                                   bounds)
     dk = parts[0]
     for p in parts[1:]:                                   # chunk order: the same sum on any thread count
         dk = dk + p
