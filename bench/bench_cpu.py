@@ -233,7 +233,7 @@ def step_ratio(make_model, batch, repeat):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short run: 3 repeats, widths 1 and 4, no 3M network")
-    ap.add_argument("--repeat", type=int, default=None, help="timed repeats per entry (default 7; --quick 3)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed repeats per entry (default 5; --quick 3)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--widths", default=None, help="mini_xception widths, comma-separated (default 1,2,4)")
     ap.add_argument("--threads", type=int, default=0,
@@ -242,7 +242,7 @@ def main(argv=None):
     ap.add_argument("--ops-only", action="store_true")
     ap.add_argument("--step-only", action="store_true")
     args = ap.parse_args(argv)
-    repeat = args.repeat or (3 if args.quick else 7)
+    repeat = args.repeat or (3 if args.quick else 5)
     widths = [float(w) for w in (args.widths or ("1,4" if args.quick else "1,2,4")).split(",")]
 
     n_threads = args.threads or kernels.cpu.threads.num_threads()
