@@ -162,6 +162,13 @@ def test_fast_kernels_decline_what_they_do_not_handle(numba_kernels):
     assert kernels.select("depthwise_conv2d", x, np.ascontiguousarray(k[:, :, :3]), 1, "same") is ref  # 3 != 4 channels
     with pytest.raises(ValueError, match="padding"):
         ref.forward(x, k, 1, "bogus")
+    p = np.ones((1, 1, 4, 3), np.float32)
+    assert kernels.select("separable_conv2d", x, k, p, 1, "same", None).name == "numba"
+    sep_ref = kernels.reference("separable_conv2d")
+    assert kernels.select("separable_conv2d", [[1.0]], k, p, 1, "same", None) is sep_ref       # not an array
+    assert kernels.select("separable_conv2d", x, k, p.astype(np.float64), 1, "same", None) is sep_ref
+    assert kernels.select("separable_conv2d", x, k, p[:, :, :3], 1, "same", None) is sep_ref   # 3 != 4 channels
+    assert kernels.select("separable_conv2d", x, k, p, 1, "same", "tanh") is sep_ref
 
 
 def test_reference_mode_runs_the_reference(numba_kernels):

@@ -273,12 +273,10 @@ def depthwise_conv2d_backward(dy, cache):
 def separable_supports(x, depthwise_kernel=None, pointwise_kernel=None, stride=1, padding="same",
                        intermediate=None, *args, **kwargs):
     """The fast depthwise must take the call, and the rest must be a call the reference accepts."""
-    if intermediate not in (None, "relu", "elu"):
+    if intermediate not in (None, "relu", "elu") or not supports(x, depthwise_kernel, stride, padding):
         return False
-    if not (isinstance(pointwise_kernel, np.ndarray) and pointwise_kernel.dtype == x.dtype
-            and pointwise_kernel.ndim == 4 and pointwise_kernel.shape[:3] == (1, 1, x.shape[-1])):
-        return False
-    return supports(x, depthwise_kernel, stride, padding)
+    return (isinstance(pointwise_kernel, np.ndarray) and pointwise_kernel.dtype == x.dtype
+            and pointwise_kernel.ndim == 4 and pointwise_kernel.shape[:3] == (1, 1, x.shape[3]))
 
 
 _ACTIVATIONS = {"relu": (F.relu_forward, F.relu_backward), "elu": (F.elu_forward, F.elu_backward)}
