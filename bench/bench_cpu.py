@@ -14,8 +14,8 @@ PyTorch runs the same network with the same weights (``torch_mirror``), in both 
 channels_last; its better time counts. The runs of both sides alternate, repeat after
 repeat, so a burst of load on a shared machine hits both; each side's best repeat counts.
 The numba kernels are compiled (or loaded from the disk cache) before any timing, and
-minixception runs inside ``mx.cpu_threads(n)`` as the trainer does (BLAS on one thread,
-the GEMMs split over the kernels' pool; n = MINIXCEPTION_THREADS or the cores).
+minixception runs inside ``mx.cpu_threads(n)`` as the trainer does (the kernels on n
+threads, BLAS on one; n = MINIXCEPTION_THREADS or the cores).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_cpu.py [--quick] [--threads N]
 

@@ -104,49 +104,6 @@ def test_separable_equals_reference(numba_kernels, intermediate, dtype, stride, 
         assert rel(got, want) < TOL[dtype], f"{name}: relative error {rel(got, want):.2e}"
 
 
-@pytest.fixture
-def split_gemms(monkeypatch):
-    """Split the pointwise GEMMs into many small row chunks (the real threshold is ~2M multiply-adds)."""
-    kernels.cpu.load()
-    from minixception.kernels.cpu import gemm
-    monkeypatch.setattr(gemm, "_MIN_WORK", 1)
-    return gemm
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("scoped", [False, True], ids=["plain", "cpu_threads"])
-def test_pointwise_split_gemms_equal_reference(split_gemms, dtype, scoped, monkeypatch):
-    r = np.random.default_rng(4)
-    x = r.standard_normal((3, 5, 7, 6)).astype(dtype)
-    w = r.standard_normal((1, 1, 6, 9)).astype(dtype)
-    impl = kernels.select("pointwise_conv2d", x, w)
-    assert impl.name == "numpy-split"
-    seen = []
-    run_chunks = threads.run_chunks
-    monkeypatch.setattr(threads, "run_chunks", lambda fn, b: seen.append(len(b)) or run_chunks(fn, b))
-    with (mx.cpu_threads(2) if scoped else mx.use_kernels("fast")):
-        y, cache = impl.forward(x, w)
-        dy = r.standard_normal(y.shape).astype(dtype)
-        dx, dw = impl.backward(dy, cache)
-    assert (max(seen, default=0) > 1) == scoped, "GEMMs split outside cpu_threads, or not inside"
-    y_ref, c_ref = F.pointwise_conv2d_forward(x.astype(np.float64), w.astype(np.float64))
-    dx_ref, dw_ref = F.pointwise_conv2d_backward(dy.astype(np.float64), c_ref)
-    for name, got, want in (("y", y, y_ref), ("dx", dx, dx_ref), ("dkernel", dw, dw_ref)):
-        assert got.dtype == np.dtype(dtype) and got.shape == want.shape, name
-        assert rel(got, want) < TOL[dtype], f"{name}: relative error {rel(got, want):.2e}"
-
-
-def test_split_gemm_sums_do_not_depend_on_threads(split_gemms):
-    r = np.random.default_rng(5)
-    a, b = r.standard_normal((301, 17)).astype(np.float32), r.standard_normal((301, 13)).astype(np.float32)
-    got = []
-    for n in (1, 2, 3):
-        with mx.cpu_threads(n):
-            got.append(split_gemms.matmul_tn(a, b))
-    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
-    assert rel(got[0], a.astype(np.float64).T @ b.astype(np.float64)) < 1e-5
-
-
 def test_fast_kernels_decline_what_they_do_not_handle(numba_kernels):
     """Integer, non-contiguous or mixed-dtype calls go to the reference (which explains bad ones)."""
     x, k = _depthwise_inputs((2, 6, 6, 4), (3, 3), "float32")

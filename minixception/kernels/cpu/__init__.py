@@ -9,9 +9,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-# the modules that register CPU kernels, imported by load(): PLAIN ones need NumPy only,
-# the others numba
-PLAIN_MODULES = ("gemm",)
+# the modules that register CPU kernels, imported by load()
 MODULES = ("depthwise",)
 
 _status = {"loaded": False, "numba": None, "error": None}
@@ -32,8 +30,6 @@ def load() -> None:
     if _status["loaded"]:
         return
     _status["loaded"] = True
-    for name in PLAIN_MODULES:
-        importlib.import_module(f"{__name__}.{name}")
     if not numba_available():
         warnings.warn("minixception: numba is not installed, so the CPU runs the plain NumPy reference "
                       "(correct, several times slower). `pip install -e \".[fast]\"` adds the fast kernels.",

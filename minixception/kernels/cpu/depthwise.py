@@ -18,7 +18,7 @@ as the loops a C programmer would write:
   (accumulated per image in the array's dtype, across images in float64) and the chunks'
   partials are added in chunk order, so the result does not depend on the thread count.
 
-Registered for "depthwise_conv2d" and, composed with the pointwise GEMM (``gemm.py``),
+Registered for "depthwise_conv2d" and, composed with the reference's pointwise GEMM,
 "separable_conv2d".
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from ... import functional as F
 from ...functional.padding import conv_geometry, pair
 from .. import Kernel, register
-from . import gemm, threads
+from . import threads
 from .jit import kernel_jit
 
 
@@ -285,21 +285,21 @@ _ACTIVATIONS = {"relu": (F.relu_forward, F.relu_backward), "elu": (F.elu_forward
 def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, padding="same",
                              intermediate=None):
     """x: (N, H, W, C) -> y: (N, Ho, Wo, F), cache (dw_cache, act_cache, pw_cache, intermediate),
-    as ``functional.separable_conv2d_forward`` but with the fast depthwise half and split GEMMs."""
+    as ``functional.separable_conv2d_forward`` but with the fast depthwise half."""
     if not separable_supports(x, depthwise_kernel, pointwise_kernel, stride, padding, intermediate):
         return F.separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride, padding, intermediate)
     h, dw_cache = depthwise_conv2d_forward(x, depthwise_kernel, stride, padding)
     act_cache = None
     if intermediate is not None:
         h, act_cache = _ACTIVATIONS[intermediate][0](h)
-    y, pw_cache = gemm.pointwise_conv2d_forward(h, pointwise_kernel)
+    y, pw_cache = F.pointwise_conv2d_forward(h, pointwise_kernel)     # one GEMM: BLAS is fast already
     return y, (dw_cache, act_cache, pw_cache, intermediate)
 
 
 def separable_conv2d_backward(dy, cache):
     """dy: (N, Ho, Wo, F) -> (dx, ddepthwise_kernel, dpointwise_kernel)."""
     dw_cache, act_cache, pw_cache, intermediate = cache
-    dh, dpointwise = gemm.pointwise_conv2d_backward(dy, pw_cache)     # either kind of cache
+    dh, dpointwise = F.pointwise_conv2d_backward(dy, pw_cache)
     if intermediate is not None:
         dh = _ACTIVATIONS[intermediate][1](dh, act_cache)
     dx, ddepthwise = depthwise_conv2d_backward(dh, dw_cache)     # the reference's, if its forward ran

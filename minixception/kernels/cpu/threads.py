@@ -12,8 +12,8 @@ problem size -- never on the number of threads -- so the same seed gives bit-ide
 results with 1, 2 or 16 threads.
 
 ``MINIXCEPTION_THREADS=N`` sets the number of threads (default: the machine's cores);
-``with cpu_threads(n):`` sets it, and caps NumPy's BLAS threads, inside one block. Nothing
-here changes BLAS's threading outside such a block.
+``with cpu_threads(n):`` sets it, and holds NumPy's BLAS to one thread, inside one block.
+Nothing here changes BLAS's threading outside such a block.
 """
 from __future__ import annotations
 
@@ -55,11 +55,6 @@ def num_threads() -> int:
     if _threads is None:
         _threads = _threads_from_env()
     return _threads
-
-
-def in_cpu_threads_scope() -> bool:
-    """True inside a ``cpu_threads`` block (where BLAS is single-threaded and GEMMs are split here)."""
-    return _scoped.get() is not None
 
 
 def chunk_bounds(n: int, work_per_item: int, min_work: int | None = None) -> list[tuple[int, int]]:
@@ -108,18 +103,19 @@ def run_chunks(fn, bounds):
 
 @contextlib.contextmanager
 def cpu_threads(n: int):
-    """Within this block, the CPU work runs on ``n`` threads of the kernels' pool.
+    """Within this block the CPU kernels run on ``n`` threads and NumPy's BLAS on one.
 
         with mx.cpu_threads(2):
             for step in ...: train_step()
 
-    Inside the block NumPy's BLAS is held to one thread (threadpoolctl) and the big GEMMs
-    (the pointwise convolutions) are split by rows over the pool instead: OpenBLAS's own
-    threads spin while idle and, on a busy machine, fight the kernels' threads for the
-    cores. The previous BLAS limits come back on exit; outside such a block nothing here
-    touches BLAS. BLAS threads are a process-wide setting, so other Python threads calling
-    BLAS during the block see the limit too; the kernels' thread count is per context.
-    Results never depend on ``n``.
+    Why BLAS on one thread: OpenBLAS's idle threads spin, waiting for the next GEMM, and
+    fight the kernels' threads for the cores -- a training step mixes the two all the
+    time and ran several times slower with both at full width. (Splitting the GEMMs over
+    the kernels' pool instead gained nothing here: concurrent single-threaded OpenBLAS
+    calls did not overlap.) The previous BLAS limits come back on exit; outside such a
+    block nothing here touches BLAS. BLAS threads are a process-wide setting, so other
+    Python threads calling BLAS during the block see the limit too; the kernels' thread
+    count is per context. Results never depend on ``n``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cpu_threads: expected a whole number of threads >= 1, got {n!r}")
