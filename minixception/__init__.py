@@ -10,6 +10,7 @@ from .backend import get_array_module, gpu_available, to_device, to_numpy
 from . import models
 from .summary import count_params, summary
 from .kernels import use_kernels
+from .kernels.cpu.threads import cpu_threads
 
 from . import compare, data
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = ["backend", "functional", "gradcheck", "losses", "nn", "optim", "get_array_module",
            "gpu_available", "to_device", "to_numpy", "__version__"]
 __all__ += ["data", "save_checkpoint", "load_checkpoint", "train"]
-__all__ += ["models", "count_params", "summary", "use_kernels"]
+__all__ += ["models", "count_params", "summary", "use_kernels", "cpu_threads"]
 
 from . import diagrams  # noqa: E402  (figures and source listings; imports matplotlib only when drawing)
 __all__ += ["diagrams"]

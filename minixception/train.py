@@ -48,6 +48,7 @@ import numpy as np
 from .backend import check_device, get_array_module, to_device
 from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, save_checkpoint
 from .data.iterator import BatchIterator, channel_stats
+from .kernels.cpu.threads import cpu_threads, num_threads
 from .losses import softmax_cross_entropy
 from .nn.layers import Dropout
 from .nn.module import inference_mode
@@ -427,7 +428,9 @@ def _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, sched
 
     xp = get_array_module(x_train_d)
     done_steps = 0
-    with _SigintGuard() as guard:
+    # on the CPU: BLAS single-threaded and the work on the kernels' pool, for this loop only
+    cpu_scope = cpu_threads(num_threads()) if device == "cpu" else contextlib.nullcontext()
+    with _SigintGuard() as guard, cpu_scope:
         for epoch in range(start_epoch, epochs):
             epoch_rng_state = rng.bit_generator.state      # replayed by a mid-epoch resume
             skip = start_step if epoch == start_epoch else 0

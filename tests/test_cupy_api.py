@@ -81,6 +81,14 @@ def test_static_check_can_fail():
 
 
 # ---------------------------------------------------------------- (b) the stand-in run
+@pytest.fixture(autouse=True)
+def _reference_kernels():
+    """The stand-in checks the xp reference -- what runs on CuPy where no CUDA kernel takes the
+    op -- so every run here, with and without the stand-in, takes the reference, not numba."""
+    with mx.use_kernels("reference"):
+        yield
+
+
 @contextlib.contextmanager
 def standin_array_module():
     """Patch every ``get_array_module`` the package imported by name to hand out the stand-in."""

@@ -22,6 +22,7 @@ def check_nhwc(x, channels=None, what="input"):
 
 
 def check_same_dtype(x, *params, what="input"):
+    """Check that every parameter (None skipped) has ``x``'s dtype: an op never casts."""
     for p in params:
         if p is not None and p.dtype != x.dtype:
             raise TypeError(

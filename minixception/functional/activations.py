@@ -6,46 +6,30 @@ ELU:   y = x if x > 0 else a * (exp(x) - 1)   dy/dx = 1 where x > 0, else y + a
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import _parallel
 
 
 def _check_float(x, what):
+    """Refuse anything but a float32 / float64 array (any shape)."""
     if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
         raise TypeError(f"{what}: expected a float32 or float64 array, got {getattr(x, 'dtype', type(x).__name__)}")
 
 
-def _first_axis_slices(xp, x):
-    """Slices of the first axis for the CPU threads ([...] for a 0-d array)."""
-    if x.ndim == 0:
-        return [Ellipsis]
-    return _parallel.batch_slices(xp, x.shape[0], x[:1].size)
-
-
 def relu_forward(x):
-    """x: any shape -> y = max(x, 0), cache (the mask x > 0)."""
+    """x: any shape -> y = max(x, 0) (same shape), cache (the mask x > 0, bool)."""
     _check_float(x, "relu")
     xp = get_array_module(x)
-    y = xp.empty_like(x)
-    mask = xp.empty(x.shape, dtype=bool)          # 1 byte per value: cheaper to keep than y
-
-    def piece(b):                                 # a slice of the first axis (all of it on the GPU)
-        xp.greater(x[b], 0, out=mask[b])
-        xp.maximum(x[b], 0, out=y[b])
-    _parallel.run(piece, _first_axis_slices(xp, x))
-    return y, mask
+    mask = x > 0                  # 1 byte per value: cheaper to keep than y
+    return xp.maximum(x, 0), mask
 
 
 def relu_backward(dy, cache):
+    """dy: any shape -> dx: same shape, dy where x > 0, else 0."""
     mask = cache
-    xp = get_array_module(dy)
-    dx = xp.empty_like(dy)
-    # float * bool keeps dy's dtype (and is ~10x faster than xp.where on NumPy)
-    _parallel.run(lambda b: xp.multiply(dy[b], mask[b], out=dx[b]), _first_axis_slices(xp, dy))
-    return dx
+    return dy * mask              # float * bool keeps dy's dtype (and is faster than xp.where)
 
 
 def elu_forward(x, alpha=1.0):
-    """x: any shape -> y = x (x > 0) or alpha * (exp(x) - 1), cache."""
+    """x: any shape -> y: same shape, x (x > 0) or alpha * (exp(x) - 1), cache."""
     _check_float(x, "elu")
     xp = get_array_module(x)
     pos = x > 0
@@ -56,6 +40,7 @@ def elu_forward(x, alpha=1.0):
 
 
 def elu_backward(dy, cache):
+    """dy: any shape -> dx: same shape, dy * (1 where x > 0, else y + alpha)."""
     pos, y, alpha = cache
     xp = get_array_module(dy)
     slope = (xp.minimum(y, 0) + dy.dtype.type(alpha)) * ~pos   # y + alpha where x <= 0

@@ -19,45 +19,39 @@ adds each tap's gradient back where that tap came from.
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 from .padding import conv_geometry, pad_nhwc, pair, tap
 
 
 def _im2col(xp_pad, kh, kw, oh, ow, sh, sw):
-    """Patches (N, oh, ow, kh, kw, C) of a padded input: one copy per tap, no Python loop over pixels."""
+    """xp_pad: (N, Hp, Wp, C) -> patches (N, oh, ow, kh, kw, C): one copy per tap, no loop over pixels."""
     xp = get_array_module(xp_pad)
     n, c = xp_pad.shape[0], xp_pad.shape[3]
     if kh == kw == 1 and sh == sw == 1:
         return xp_pad.reshape(n, oh, ow, 1, 1, c)          # 1x1/1: the input already is the matrix
     cols = xp.empty((n, oh, ow, kh, kw, c), dtype=xp_pad.dtype)
-
-    def piece(b):                                          # a slice of the batch (all of it on the GPU)
-        for i in range(kh):
-            for j in range(kw):
-                cols[b, :, :, i, j, :] = tap(xp_pad[b], i, j, oh, ow, sh, sw)
-    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * kh * kw * c))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = tap(xp_pad, i, j, oh, ow, sh, sw)
     return cols
 
 
 def _col2im(dcols, padded_shape, sh, sw):
-    """Adjoint of ``_im2col``: add each tap's gradient back into a padded-input-shaped array."""
+    """dcols: (N, oh, ow, kh, kw, C) -> dx_pad: ``padded_shape``, each tap's gradient added back
+    where that tap came from (the adjoint of ``_im2col``)."""
     xp = get_array_module(dcols)
     n, oh, ow, kh, kw, c = dcols.shape
     if kh == kw == 1 and sh == sw == 1:
         return dcols.reshape(padded_shape)
     dx_pad = xp.zeros(padded_shape, dtype=dcols.dtype)
-
-    def piece(b):
-        for i in range(kh):
-            for j in range(kw):
-                tap(dx_pad[b], i, j, oh, ow, sh, sw)[...] += dcols[b, :, :, i, j, :]
-    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * kh * kw * c))
+    for i in range(kh):
+        for j in range(kw):
+            tap(dx_pad, i, j, oh, ow, sh, sw)[...] += dcols[:, :, :, i, j, :]
     return dx_pad
 
 
 def _grouped(cols2d, groups):
-    """(M, kh*kw, C) patches -> (groups, M, kh*kw*Cg): each group's patch matrix."""
+    """cols2d: (M, kh*kw, C) patches -> (groups, M, kh*kw*Cg): each group's patch matrix."""
     m, taps, c = cols2d.shape
     cg = c // groups
     return cols2d.reshape(m, taps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, m, taps * cg)
@@ -85,7 +79,7 @@ def conv2d_forward(x, kernel, bias=None, stride=1, padding="valid", groups=1):
     cols = _im2col(x_pad, kh, kw, oh, ow, sh, sw)
     m = n * oh * ow
     if groups == 1:
-        y = _parallel.matmul(cols.reshape(m, kh * kw * c), kernel.reshape(kh * kw * c, f))
+        y = cols.reshape(m, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
     else:
         fg = f // groups
         cols_g = _grouped(cols.reshape(m, kh * kw, c), groups)                     # (g, M, K)
@@ -112,8 +106,8 @@ def conv2d_backward(dy, cache):
     dy2 = dy.reshape(m, f)
     if groups == 1:
         cols2 = cols.reshape(m, kh * kw * c)
-        dkernel = _parallel.matmul_tn(cols2, dy2).reshape(kernel.shape)
-        dcols = _parallel.matmul(dy2, kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
+        dkernel = (cols2.T @ dy2).reshape(kernel.shape)
+        dcols = (dy2 @ kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
     else:
         fg = f // groups
         dy_g = dy2.reshape(m, groups, fg).transpose(1, 0, 2)                         # (g, M, Fg)

@@ -23,5 +23,6 @@ def dropout_forward(x, rate, rng, training=True):
 
 
 def dropout_backward(dy, cache):
+    """dy: any shape -> dx: same shape, dy * mask (the forward's scaled mask; a copy of dy in eval)."""
     mask = cache
     return dy.copy() if mask is None else dy * mask

@@ -40,6 +40,7 @@ def softmax_cross_entropy(logits, labels):
 
 
 def softmax(logits):
+    """logits: (..., K) -> probabilities (..., K), each row summing to 1."""
     xp = get_array_module(logits)
     e = xp.exp(logits - logits.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)

@@ -34,6 +34,7 @@ def pad_amounts(n: int, k: int, s: int, padding) -> tuple[int, int]:
 
 
 def output_size(n: int, k: int, s: int, before: int, after: int) -> int:
+    """Output length of a window ``k``, stride ``s`` along an axis of ``n`` padded by (before, after)."""
     return (n + before + after - k) // s + 1
 
 
@@ -44,6 +45,8 @@ def conv_geometry(h, w, kernel_size, stride, padding):
     """
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
+    if min(kh, kw, sh, sw) < 1:
+        raise ValueError(f"window {kh}x{kw} and stride {sh}x{sw}: both must be at least 1")
     if isinstance(padding, (tuple, list)):
         ph, pw = pair(padding, "padding")
         pads = ((ph, ph), (pw, pw))
@@ -59,7 +62,8 @@ def conv_geometry(h, w, kernel_size, stride, padding):
 
 
 def pad_nhwc(x, pads, value=0.0):
-    """Pad the two spatial axes of an NHWC array; returns ``x`` itself when no padding.
+    """x: (N, H, W, C) -> (N, H + top + bottom, W + left + right, C) filled with ``value``
+    around ``x``; returns ``x`` itself when there is no padding.
 
     Allocates once and copies once (``xp.pad`` is slower, and on CuPy launches more kernels).
     """
@@ -75,5 +79,6 @@ def pad_nhwc(x, pads, value=0.0):
 
 
 def tap(xp_padded, i, j, oh, ow, sh, sw):
-    """The view of the padded input that kernel tap (i, j) sees: (N, oh, ow, C), no copy."""
+    """xp_padded: (N, Hp, Wp, C) -> the view (N, oh, ow, C) that kernel tap (i, j) sees, no copy:
+    ``view[n, r, q, c] = xp_padded[n, r*sh + i, q*sw + j, c]``."""
     return xp_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]

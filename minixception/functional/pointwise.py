@@ -8,7 +8,6 @@ Backward: ``dkernel = x^T dy`` and ``dx = dy kernel^T``, two more GEMMs.
 """
 from __future__ import annotations
 
-from . import _parallel
 from ._checks import check_nhwc, check_same_dtype
 
 
@@ -21,16 +20,16 @@ def pointwise_conv2d_forward(x, kernel):
     check_same_dtype(x, kernel, what="pointwise conv")
     n, h, w, _ = x.shape
     x2 = x.reshape(-1, c)
-    y = _parallel.matmul(x2, kernel.reshape(c, f)).reshape(n, h, w, f)   # rows split over CPU cores
+    y = (x2 @ kernel.reshape(c, f)).reshape(n, h, w, f)
     return y, (x2, kernel, x.shape)
 
 
 def pointwise_conv2d_backward(dy, cache):
     """dy: (N, H, W, F) -> (dx: (N, H, W, C), dkernel: (1, 1, C, F))."""
-    x2, kernel, x_shape = cache
+    x2, kernel, x_shape = cache        # x2: (M, C), M = N*H*W
     c, f = kernel.shape[2], kernel.shape[3]
     dy2 = dy.reshape(-1, f)
     w2 = kernel.reshape(c, f)
-    dkernel = _parallel.matmul_tn(x2, dy2).reshape(kernel.shape)      # x^T dy
-    dx = _parallel.matmul(dy2, w2.T).reshape(x_shape)                # dy W^T
+    dkernel = (x2.T @ dy2).reshape(kernel.shape)      # x^T dy
+    dx = (dy2 @ w2.T).reshape(x_shape)                # dy W^T
     return dx, dkernel

@@ -15,13 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from . import _parallel
 from ._checks import check_nhwc
 from .padding import conv_geometry, pad_nhwc, pair, tap
 
 
 def maxpool2d_forward(x, pool_size=3, stride=2, padding="same"):
-    """x: (N, H, W, C) -> y: (N, Ho, Wo, C), cache (winning tap per output, uint8)."""
+    """x: (N, H, W, C) -> y: (N, Ho, Wo, C), cache (the winning tap of each output).
+
+    The winner map uses the smallest unsigned integer type that can number every tap
+    (uint8 up to 256 taps, uint16 beyond), so any window size works.
+    """
     xp = get_array_module(x)
     check_nhwc(x, None, "max pool input")
     kh, kw = pair(pool_size, "pool_size")
@@ -29,49 +32,32 @@ def maxpool2d_forward(x, pool_size=3, stride=2, padding="same"):
     n, h, w, c = x.shape
     pads, (oh, ow) = conv_geometry(h, w, (kh, kw), (sh, sw), padding)
     x_pad = pad_nhwc(x, pads, value=-np.inf)
-    y = xp.empty((n, oh, ow, c), dtype=x.dtype)
-    winner = xp.zeros(y.shape, dtype=xp.uint8)
-
-    def piece(b):                                  # a slice of the batch (all of it on the GPU)
-        xb, yb, wb = x_pad[b], y[b], winner[b]
-        yb[...] = tap(xb, 0, 0, oh, ow, sh, sw)
-        better = xp.empty(yb.shape, dtype=bool)
-        marked = xp.empty(yb.shape, dtype=xp.uint8)
-        for t in range(1, kh * kw):
-            i, j = divmod(t, kw)
-            v = tap(xb, i, j, oh, ow, sh, sw)
-            xp.greater(v, yb, out=better)          # strict: on ties the first maximum keeps the gradient
-            xp.maximum(yb, v, out=yb)
-            # taps come in increasing order, so "winner = t where better" is winner = max(winner, t * better)
-            xp.multiply(better, xp.uint8(t), out=marked)
-            xp.maximum(wb, marked, out=wb)
-    _parallel.run(piece, _parallel.batch_slices(xp, n, oh * ow * c))
+    y = tap(x_pad, 0, 0, oh, ow, sh, sw).copy()
+    winner = xp.zeros(y.shape, dtype=np.min_scalar_type(kh * kw - 1))
+    for t in range(1, kh * kw):
+        i, j = divmod(t, kw)
+        v = tap(x_pad, i, j, oh, ow, sh, sw)
+        better = v > y                             # strict: on ties the first maximum keeps the gradient
+        y = xp.maximum(y, v)
+        winner[better] = t
     return y, (winner, x_pad.shape, pads, (kh, kw), (sh, sw), x.shape)
 
 
 def maxpool2d_backward(dy, cache):
-    """dy: (N, Ho, Wo, C) -> dx: (N, H, W, C)."""
+    """dy: (N, Ho, Wo, C) -> dx: (N, H, W, C), each dy added to the input its window's max came from."""
     xp = get_array_module(dy)
     winner, padded_shape, pads, (kh, kw), (sh, sw), x_shape = cache
     oh, ow = dy.shape[1:3]
     dx_pad = xp.zeros(padded_shape, dtype=dy.dtype)
-
-    def piece(b):
-        dxb, dyb, wb = dx_pad[b], dy[b], winner[b]
-        won = xp.empty(dyb.shape, dtype=bool)
-        routed = xp.empty_like(dyb)
-        for t in range(kh * kw):
-            i, j = divmod(t, kw)
-            xp.equal(wb, t, out=won)
-            xp.multiply(dyb, won, out=routed)      # dy where tap t won, 0 elsewhere
-            tap(dxb, i, j, oh, ow, sh, sw)[...] += routed
-    _parallel.run(piece, _parallel.batch_slices(xp, dy.shape[0], oh * ow * dy.shape[3]))
+    for t in range(kh * kw):
+        i, j = divmod(t, kw)
+        tap(dx_pad, i, j, oh, ow, sh, sw)[...] += dy * (winner == t)     # dy where tap t won, else 0
     (top, _), (left, _) = pads
     return xp.ascontiguousarray(dx_pad[:, top:top + x_shape[1], left:left + x_shape[2], :])
 
 
 def _window_counts(n, k, s, before, out):
-    """How many real (non-padding) inputs each output window covers along one axis."""
+    """-> (out,): how many real (non-padding) inputs each output window covers along one axis."""
     starts = np.arange(out) * s - before
     return (np.minimum(starts + k, n) - np.maximum(starts, 0)).astype(np.float64)
 

@@ -24,13 +24,15 @@ _ACTIVATIONS = {
 
 
 def _check_intermediate(intermediate):
+    """Refuse an unknown activation name (the layer checks it at construction too)."""
     if intermediate not in _ACTIVATIONS:
         raise ValueError(f"intermediate must be None, 'relu' or 'elu', got {intermediate!r}")
 
 
 def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, padding="same",
                              intermediate=None):
-    """x: (N, H, W, C) -> y: (N, Ho, Wo, F), cache."""
+    """x: (N, H, W, C), depthwise_kernel: (kh, kw, C, 1), pointwise_kernel: (1, 1, C, F)
+    -> y: (N, Ho, Wo, F), cache."""
     _check_intermediate(intermediate)
     if pointwise_kernel.ndim == 4 and depthwise_kernel.ndim == 4 \
             and pointwise_kernel.shape[2] != depthwise_kernel.shape[2]:
@@ -47,7 +49,8 @@ def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, pa
 
 
 def separable_conv2d_backward(dy, cache):
-    """dy: (N, Ho, Wo, F) -> (dx, ddepthwise_kernel, dpointwise_kernel)."""
+    """dy: (N, Ho, Wo, F) -> (dx: (N, H, W, C), ddepthwise_kernel: (kh, kw, C, 1),
+    dpointwise_kernel: (1, 1, C, F)): the chain rule backwards through the three stages."""
     dw_cache, act_cache, pw_cache, intermediate = cache
     dh, dpointwise = pointwise_conv2d_backward(dy, pw_cache)
     if intermediate is not None:

@@ -11,13 +11,16 @@ the chunks' partial results are added in chunk order. Chunk boundaries depend on
 problem size -- never on the number of threads -- so the same seed gives bit-identical
 results with 1, 2 or 16 threads.
 
-``MINIXCEPTION_THREADS=N`` sets the number of threads (default: the machine's cores).
+``MINIXCEPTION_THREADS=N`` sets the number of threads (default: the machine's cores);
+``with cpu_threads(n):`` sets it, and holds NumPy's BLAS to one thread, inside one block.
+Nothing here changes BLAS's threading outside such a block.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 MIN_WORK = 1 << 20        # below about a million multiply-adds a hand-off costs more than it saves
@@ -26,35 +29,35 @@ _pool = None
 _pool_size = 0
 _lock = threading.Lock()
 _threads = None
+_scoped = contextvars.ContextVar("minixception_cpu_threads", default=None)   # set by cpu_threads()
 
 
 def _threads_from_env() -> int:
-    cores = os.cpu_count() or 1
     raw = os.environ.get("MINIXCEPTION_THREADS")
     if raw is None or raw.strip() == "":
-        return cores
+        return os.cpu_count() or 1
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"MINIXCEPTION_THREADS must be a whole number of threads >= 1, got {raw!r}") from None
+        n = 0
     if n < 1:
         raise ValueError(f"MINIXCEPTION_THREADS must be a whole number of threads >= 1, got {raw!r}")
-    if n > cores:
-        warnings.warn(f"MINIXCEPTION_THREADS={n} is more than this machine's {cores} cores; using {cores}",
-                      RuntimeWarning, stacklevel=2)
-        n = cores
-    return n
+    return n        # more than the cores is allowed (slower, same results): the user asked for it
 
 
 def num_threads() -> int:
-    """Threads the CPU kernels use (``MINIXCEPTION_THREADS``, checked once, capped at the cores)."""
+    """Threads the CPU kernels use: inside ``cpu_threads(n)`` n; else ``MINIXCEPTION_THREADS``
+    (read and checked once); else the machine's cores."""
     global _threads
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     if _threads is None:
         _threads = _threads_from_env()
     return _threads
 
 
-def chunk_bounds(n: int, work_per_item: int, min_work: int = MIN_WORK) -> list[tuple[int, int]]:
+def chunk_bounds(n: int, work_per_item: int, min_work: int | None = None) -> list[tuple[int, int]]:
     """Split ``range(n)`` into contiguous chunks of at least ``min_work`` work each.
 
     The result depends on ``n`` and the work only (not on the thread count), so per-chunk
@@ -62,6 +65,8 @@ def chunk_bounds(n: int, work_per_item: int, min_work: int = MIN_WORK) -> list[t
     """
     if n <= 0:
         return []
+    if min_work is None:
+        min_work = MIN_WORK
     per_chunk = max(1, -(-min_work // max(1, work_per_item)))     # ceil(min_work / work_per_item)
     k = max(1, min(n, n // per_chunk))
     return [(n * i // k, n * (i + 1) // k) for i in range(k)]
@@ -94,3 +99,30 @@ def run_chunks(fn, bounds):
     for f in futures:
         results.extend(f.result())
     return results
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Within this block the CPU kernels run on ``n`` threads and NumPy's BLAS on one.
+
+        with mx.cpu_threads(2):
+            for step in ...: train_step()
+
+    Why BLAS on one thread: OpenBLAS's idle threads spin, waiting for the next GEMM, and
+    fight the kernels' threads for the cores -- a training step mixes the two all the
+    time and ran several times slower with both at full width. (Splitting the GEMMs over
+    the kernels' pool instead gained nothing here: concurrent single-threaded OpenBLAS
+    calls did not overlap.) The previous BLAS limits come back on exit; outside such a
+    block nothing here touches BLAS. BLAS threads are a process-wide setting, so other
+    Python threads calling BLAS during the block see the limit too; the kernels' thread
+    count is per context. Results never depend on ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cpu_threads: expected a whole number of threads >= 1, got {n!r}")
+    from threadpoolctl import threadpool_limits
+    token = _scoped.set(n)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        _scoped.reset(token)

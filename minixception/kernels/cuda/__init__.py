@@ -130,7 +130,7 @@ def status() -> dict:
 
 
 def implementation(op: str, x, *args, **kwargs) -> str:
-    """The name of the implementation ``kernels.select`` picks for this call ("cuda", "reference")."""
+    """The name of the implementation ``kernels.select`` picks for this call ("cuda", "numba", "reference")."""
     from .. import select
     return select(op, x, *args, **kwargs).name
 
