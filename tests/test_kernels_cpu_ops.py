@@ -230,6 +230,8 @@ CONV_CASES = [   # x shape, kernel shape, stride, padding
     ((1, 8, 8, 16), (3, 3, 16, 32), 1, "same"),
     ((3, 5, 5, 4), (1, 1, 4, 6), 2, "same"),
     ((1, 3, 3, 2), (5, 5, 2, 3), 1, "same"),      # kernel larger than the input
+    ((2, 9, 8, 48), (3, 3, 48, 24), 1, "same"),   # many channels (Xception's second stem conv is 32 -> 64)
+    ((2, 7, 7, 130), (1, 1, 130, 20), 2, "same"), # a 1x1 stride-2 shortcut with odd, wide channels
 ]
 
 
@@ -341,7 +343,7 @@ def test_kernels_are_registered_and_selected(rng):
     assert kernels.select("relu", x).name == "numba"
     assert kernels.select("maxpool2d", x.transpose(0, 2, 1, 3), 3, 2, "same").name == "reference"
     assert kernels.select("conv2d", x, np.zeros((3, 3, 4, 8), np.float32), None, 1, "same").name == "numba"
-    wide = np.zeros((2, 6, 6, 64), np.float32)
-    assert kernels.select("conv2d", wide, np.zeros((3, 3, 64, 8), np.float32), None, 1, "same").name == "reference"
+    grouped = np.zeros((3, 3, 2, 8), np.float32)                        # groups=2: the reference serves
+    assert kernels.select("conv2d", x, grouped, None, 1, "same", 2).name == "reference"
     with kernels.use_kernels("reference"):
         assert kernels.select("maxpool2d", x, 3, 2, "same").name == "reference"

@@ -10,7 +10,7 @@ import importlib
 import warnings
 
 # the modules that register CPU kernels, imported by load()
-MODULES = ("depthwise", "batchnorm", "pooling", "conv", "activations")
+MODULES = ("gemm", "depthwise", "batchnorm", "pooling", "conv", "activations")
 
 _status = {"loaded": False, "numba": None, "error": None}
 

@@ -33,7 +33,7 @@ from ...functional.padding import conv_geometry, pair
 from .. import Kernel, register
 from . import threads
 
-MAX_CHANNELS = 16      # above this, each NumPy tap copy moves enough values per pixel: the reference serves
+MAX_CHANNELS = 1024    # (a 1024-channel 3x3 patch row: 9216 values per output pixel)
 
 
 @numba.njit(nogil=True, cache=True)

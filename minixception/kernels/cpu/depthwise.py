@@ -28,7 +28,7 @@ import numpy as np
 from ... import functional as F
 from ...functional.padding import conv_geometry, pair
 from .. import Kernel, register
-from . import threads
+from . import gemm, threads
 from .jit import kernel_jit
 
 
@@ -292,14 +292,14 @@ def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, pa
     act_cache = None
     if intermediate is not None:
         h, act_cache = _ACTIVATIONS[intermediate][0](h)
-    y, pw_cache = F.pointwise_conv2d_forward(h, pointwise_kernel)     # one GEMM: BLAS is fast already
+    y, pw_cache = gemm.pointwise_conv2d_forward(h, pointwise_kernel)  # one GEMM, rows over the pool
     return y, (dw_cache, act_cache, pw_cache, intermediate)
 
 
 def separable_conv2d_backward(dy, cache):
     """dy: (N, Ho, Wo, F) -> (dx, ddepthwise_kernel, dpointwise_kernel)."""
     dw_cache, act_cache, pw_cache, intermediate = cache
-    dh, dpointwise = F.pointwise_conv2d_backward(dy, pw_cache)
+    dh, dpointwise = gemm.pointwise_conv2d_backward(dy, pw_cache)
     if intermediate is not None:
         dh = _ACTIVATIONS[intermediate][1](dh, act_cache)
     dx, ddepthwise = depthwise_conv2d_backward(dh, dw_cache)     # the reference's, if its forward ran

@@ -101,6 +101,12 @@ def run_chunks(fn, bounds):
     return results
 
 
+def blas_held() -> bool:
+    """True inside a ``cpu_threads`` block, where BLAS runs on one thread (so splitting a GEMM over
+    the pool is what uses the other cores); outside it BLAS threads its GEMMs itself."""
+    return _scoped.get() is not None
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int):
     """Within this block the CPU kernels run on ``n`` threads and NumPy's BLAS on one.
