@@ -116,9 +116,9 @@ def cpu_threads(n: int):
 
     Why BLAS on one thread: OpenBLAS's idle threads spin, waiting for the next GEMM, and
     fight the kernels' threads for the cores -- a training step mixes the two all the
-    time and ran several times slower with both at full width. (Splitting the GEMMs over
-    the kernels' pool instead gained nothing here: concurrent single-threaded OpenBLAS
-    calls did not overlap.) The previous BLAS limits come back on exit; outside such a
+    time and ran several times slower with both at full width. The pointwise GEMMs are
+    split by rows over the kernels' pool instead (``kernels/cpu/gemm.py``), so they still
+    use every core. The previous BLAS limits come back on exit; outside such a
     block nothing here touches BLAS. BLAS threads are a process-wide setting, so other
     Python threads calling BLAS during the block see the limit too; the kernels' thread
     count is per context. Results never depend on ``n``.
