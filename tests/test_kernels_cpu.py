@@ -216,9 +216,17 @@ def test_bad_thread_count_is_refused(monkeypatch, value):
 
 
 def test_good_thread_count_is_used(monkeypatch):
-    monkeypatch.setenv("MINIXCEPTION_THREADS", "3")
+    monkeypatch.setenv("MINIXCEPTION_THREADS", "1")
     monkeypatch.setattr(threads, "_threads", None)
-    assert threads.num_threads() == 3
+    assert threads.num_threads() == 1
+
+
+def test_more_threads_than_cores_is_capped_with_a_warning(monkeypatch):
+    monkeypatch.setenv("MINIXCEPTION_THREADS", "1000")
+    monkeypatch.setattr(threads, "_threads", None)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    with pytest.warns(RuntimeWarning, match="MINIXCEPTION_THREADS=1000 is more than this machine's 2 cores"):
+        assert threads.num_threads() == 2
 
 
 # ---------------------------------------------------------------- subprocesses
@@ -306,7 +314,7 @@ def test_cpu_threads_refuses_bad_counts(bad):
 
 
 _TRAIN_FEW_STEPS = """
-import hashlib, json
+import hashlib, json, os
 import numpy as np
 import minixception as mx
 from minixception.kernels.cpu import threads
@@ -324,7 +332,7 @@ opt = mx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
 r = np.random.default_rng(0)
 x = r.standard_normal((32, 32, 32, 3)).astype(np.float32)
 labels = r.integers(0, 10, 32)
-with mx.cpu_threads(threads.num_threads()):          # as the trainer runs
+with mx.cpu_threads(int(os.environ["THREADS"])):     # as the trainer runs (not capped at the cores)
     for _ in range(3):
         opt.zero_grad()
         loss, dlogits = mx.losses.softmax_cross_entropy(model(x), labels)
@@ -333,16 +341,19 @@ with mx.cpu_threads(threads.num_threads()):          # as the trainer runs
 digest = hashlib.sha256()
 for name, a in sorted(model.state_dict().items()):
     digest.update(name.encode()); digest.update(np.ascontiguousarray(a).tobytes())
-print(json.dumps({"threads": threads.num_threads(), "max_chunks": max(chunks, default=0),
+with mx.cpu_threads(int(os.environ["THREADS"])):
+    used = threads.num_threads()
+print(json.dumps({"threads": used, "max_chunks": max(chunks, default=0),
                   "sha256": digest.hexdigest()}))
 """
 
 
 def test_training_is_bit_identical_for_1_2_and_3_threads(numba_kernels):
-    """A few SGD steps of mini_xception give the same bits whatever MINIXCEPTION_THREADS is."""
+    """A few SGD steps of mini_xception give the same bits on 1, 2 or 3 threads (cpu_threads(n),
+    as the trainer runs them; MINIXCEPTION_THREADS sets n there)."""
     runs = []
     for n in (1, 2, 3):
-        out = _python(_TRAIN_FEW_STEPS, MINIXCEPTION_THREADS=str(n))
+        out = _python(_TRAIN_FEW_STEPS, THREADS=str(n))
         assert out.returncode == 0, out.stderr
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert [r["threads"] for r in runs] == [1, 2, 3]
