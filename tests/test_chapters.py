@@ -76,6 +76,17 @@ def test_chapter_matches_its_source_and_is_executed(path):
     assert figures, f"{path.name} has no figure"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_chapter_source_listings_find_every_marked_line(path):
+    """A listing of the package's code (mx.diagrams.show_source) whose mark matched no line says
+    so in its output; a committed notebook must carry no such note (the code moved under it)."""
+    nb = nbformat.read(path, as_version=4)
+    notes = [text for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             for text in [o.get("text", "")] + [str(v) for v in o.get("data", {}).values()]
+             if "no line of this version matches" in text]
+    assert not notes, f"{path.name}: a show_source mark found no line: {notes[0][-300:]}"
+
+
 SOURCES = sorted((CHAPTERS / "src").glob("[0-9][0-9]_*.py"))
 CORE = ("01", "03", "04", "05", "07")     # the chapters that derive ops: each shows its code and has a gradcheck exercise
 

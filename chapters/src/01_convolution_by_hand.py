@@ -191,7 +191,7 @@ that a wrong input fails with a message naming the shapes, not deep inside a mat
 # %%
 fwd_src = mx.diagrams.show_source(F.conv2d_forward, {
     r"im2col\(": "X_col: the k*k shifted views (taps) of the padded input",
-    r"matmul": "Y = X_col W (one GEMM)",
+    r"@\s*kernel\.reshape|matmul": "Y = X_col W (one GEMM)",
     r"\+=\s*bias|\+\s*bias": "+ b",
 })
 
@@ -380,8 +380,8 @@ assert sum(p.size for p in layer_b.parameters()) == 3 * 3 * 32 * 64 + 64
 # %% [markdown]
 r"""
 Does the multiply-add count predict the run time? Time `conv2d_forward` for growing kernels
-and channel counts: on a CPU the points fall close to a line through the origin, since
-almost all the time is the one big matrix product (the im2col copies add a little).
+and channel counts: if almost all the time is the one big matrix product, the points lie near a
+line through the origin (the im2col copies and the small products below BLAS's peak bend it).
 """
 
 # %%

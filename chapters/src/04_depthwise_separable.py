@@ -125,18 +125,20 @@ relative error $< 10^{-7}$ (ReLU is checked with random inputs, which stay off i
 
 First the package's code for each formula, read from the installed package. The depthwise
 forward is the sum over taps $(u, v)$ of the shifted input times that tap's per-channel weights;
-its backward computes $\partial L/\partial D$ as the same windows times $\delta^z$, and the input gradient
-as a depthwise convolution of $\delta^z$ with the flipped kernel (exercise 2 derives that form).
+its backward, tap by tap again, computes $\partial L/\partial D_{u,v,:}$ as that tap's window times
+$\delta^z$, and builds $\partial L/\partial \tilde x$ by adding $\delta^z D_{u,v,c}$ back into the very window
+the tap read — the formula above read from the right, as a scatter. (For stride 1 the same sum is
+a depthwise convolution of $\delta^z$ with the flipped kernel; exercise 2 checks that form.)
 """
 
 # %%
 dw_fwd = mx.diagrams.show_source(F.depthwise_conv2d_forward, {
-    r"einsum|\+=.*\*|\*\s*k(ernel)?\b": "z[n,i,j,c] = sum_uv x~[n, si+u, sj+v, c] D[u,v,c]"})
+    r"\+=\s*tap\(": "z[n,i,j,c] = sum_uv x~[n, si+u, sj+v, c] D[u,v,c]"})
 
 # %%
 dw_bwd = mx.diagrams.show_source(F.depthwise_conv2d_backward, {
-    r"einsum\(.*dy|^\s*(dkernel|dk|dD)\w*\s*\+?=": "dL/dD[u,v,c] = sum_nij x~ delta^z",
-    r"flip|\[::-1": "dL/dx~: delta^z against the kernel rotated by 180 degrees"})
+    r"einsum\(.*dy": "dL/dD[u,v,c] = sum_nij x~ delta^z",
+    r"tap\(dx_pad.*\+=": "dL/dx~: delta^z D[u,v,c] added into the window tap (u, v) read"})
 
 # %% [markdown]
 r"""

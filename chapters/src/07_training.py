@@ -112,14 +112,14 @@ the test set after every epoch (evaluation mode: batch norm's moving statistics)
 
 Two more facts from the paper: these settings were tuned for Inception V3 and used unchanged for
 Xception, and $10^{-5}$ is Xception's own weight decay (Inception V3's $4\cdot10^{-5}$ was found quite
-suboptimal for it; Section 4.3). Here is the update as the package computes it, `mx.optim.SGD.step`, with
-the three formulas marked:
+suboptimal for it; Section 4.3). Here is the update as the package computes it, `mx.optim.sgd_update`
+(what `SGD.step` runs for each parameter; on a GPU the kernel table swaps in one fused kernel that
+is tested equal to it), with the three formulas marked:
 """
 
 # %%
-# the update's reference code: a function of its own where the optimiser dispatches to kernels
-sgd_math = getattr(mx.optim, "sgd_update", None) or mx.optim.SGD.step
-sgd_src = mx.diagrams.show_source(sgd_math, {
+# the update's reference code: SGD.step runs it per parameter through the kernel table
+sgd_src = mx.diagrams.show_source(mx.optim.sgd_update, {
     r"weight_decay\s*\*": "g + lambda w  (L2, only for kernels: p.regularize)",
     r"buf\s*\+=|momentum\s*\*\s*buf": "v <- mu v + (g + lambda w)",
     r"(\.data|\bw)\s*-=": "w <- w - eta_t v",
