@@ -470,3 +470,64 @@ To run it yourself: `pip install -e ".[distributed]"`, then
 `mpiexec -n 2 python -m minixception train --distributed --sync-bn` (add `--device gpu` for one
 rank per GPU).
 """
+
+# %% [markdown]
+r"""
+## Exercises
+
+1. **Unequal slices.** With $B = 16$ images on $K = 2$ ranks holding 5 and 11 of them, each rank's
+   mean-loss gradient must be weighted by $B_r/B$, not $1/K$. Check with the fixed-statistics
+   model of section 1 that the weighted sum equals the full-batch gradient, and that weighting by
+   $1/K$ does not.
+   <details><summary>Hint</summary>`gradient(model, xs, ys, weight=...)` takes the weight; the
+   identity of section 1 holds for any split as long as the weights are the slice shares.</details>
+2. **Ring against a central rank.** Count the numbers each rank sends in `ring_allreduce` for
+   $K = 2, \dots, 8$ ranks and $n = 840$ numbers each, and compare with what rank 0 sends in a
+   "gather to rank 0, sum, send the sum back" scheme. From which $K$ does the ring's busiest rank
+   send less?
+   <details><summary>Hint</summary>Rank 0 of the central scheme sends the sum, n numbers, to each of
+   the K-1 others (and receives as much); in the ring every rank sends 2 (K-1)/K n.</details>
+3. **Why buckets.** With the latency $\alpha$ and bandwidth $\beta$ measured (or recorded) in
+   section 2, use $T(n, K)$ to compare, for Xception's 91.4 MB gradient on 60 ranks: one allreduce
+   of everything, 25 MiB buckets, and one allreduce per parameter array (say 200 arrays).
+   <details><summary>Hint</summary>Every call pays the latency term 2 (K-1) α once; the bandwidth
+   term depends only on the total bytes, however they are split.</details>
+
+## Solutions
+"""
+
+# %%
+# 1. slices of 5 and 11 images: weights B_r / B give the full-batch gradient, 1/K does not
+ex_model = mx.models.mini_xception(10, width=0.25, middle_blocks=1, rng=0, dtype="float64")
+for m in ex_model.modules():
+    if isinstance(m, mx.nn.BatchNorm2D):
+        m.train(False)
+ex_full = gradient(ex_model, x, y)
+cuts = [(0, 5), (5, 16)]
+shares = [gradient(ex_model, x[a:b], y[a:b], weight=(b - a) / B) for a, b in cuts]
+equal = [gradient(ex_model, x[a:b], y[a:b], weight=1 / len(cuts)) for a, b in cuts]
+err_shares = max_rel(ex_full, [sum(p) for p in zip(*shares)])
+err_equal = max_rel(ex_full, [sum(p) for p in zip(*equal)])
+print(f"weights B_r/B: {err_shares:.1e};  weights 1/K: {err_equal:.1e}")
+assert err_shares < 1e-12 and err_equal > 1e-3
+
+# %%
+# 2. numbers sent by the busiest rank: the ring's 2(K-1)/K n against a central rank's (K-1) n;
+#    equal at K = 2, the ring sends less from K = 3 on (and its load stays below 2n for any K)
+n_ex = 840
+for k in range(2, 9):
+    _, sent_k = ring_allreduce([rng.standard_normal(n_ex) for _ in range(k)])
+    central = (k - 1) * n_ex                          # rank 0 sends the sum to each of the K-1 others
+    print(f"K = {k}: ring, each rank sends {sent_k.max():5d};  the central rank sends {central:5d}")
+    assert sent_k.max() == 2 * (k - 1) * n_ex // k
+    assert (sent_k.max() == central) if k == 2 else (sent_k.max() < central)
+
+# %%
+# 3. the same 91.4 MB on 60 ranks in 1 call, in 25 MiB buckets, in 200 calls
+n_bytes, k60 = 4 * 22_855_952, 60
+bandwidth_term = 2 * (k60 - 1) / k60 * n_bytes / beta
+calls = {"one call": 1, "25 MiB buckets": -(-n_bytes // (25 * 2**20)), "200 arrays, one call each": 200}
+times_ex = {name: c * 2 * (k60 - 1) * alpha + bandwidth_term for name, c in calls.items()}
+for name, t in times_ex.items():
+    print(f"{name:28s} {calls[name]:4d} calls: {t * 1e3:9.1f} ms  (latency {calls[name] * 2 * (k60 - 1) * alpha * 1e3:8.1f} ms)")
+assert times_ex["one call"] <= times_ex["25 MiB buckets"] < times_ex["200 arrays, one call each"]
