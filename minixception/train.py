@@ -296,6 +296,33 @@ def evaluate(model, x, y, batch_size, mean, std, distributed=None):
     return loss_sum / n, int(correct) / n
 
 
+def recompute_bn_statistics(model, x, y, batch_size, mean, std, rng=1):
+    """Set every batch norm's moving statistics to the mean of its batch statistics over one
+    shuffled pass of (x, y), for the model's current weights. No weight changes.
+
+    Training leaves moving averages that trail the weights (momentum 0.99: about the last 100
+    steps); after fast-changing weights, or for weights that never ran (a Polyak average), these
+    describe no single model. One pass with each layer's momentum set to t/(t+1) at batch t makes
+    the moving value the plain mean of the batch statistics. x: (N, H, W, C) uint8 images.
+    """
+    from .nn.layers import BatchNorm2D
+    bns = [m for m in model.modules() if isinstance(m, BatchNorm2D)]
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    model.train()
+    try:
+        with inference_mode():                       # forward passes only, no caches
+            it = BatchIterator(x, y, batch_size, mean, std, shuffle=True, rng=rng, dtype=_dtype_of(model))
+            for t, (xb, _) in enumerate(it):
+                for m in bns:
+                    m.momentum = t / (t + 1)         # t = 0 replaces, later batches average
+                model(xb)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+
+
 def _dtype_of(model):
     """The floating dtype the model computes in (its parameters'); batches are made in it."""
     return str(model.parameters()[0].data.dtype)
@@ -324,6 +351,20 @@ def _polyak_resume(model, decay, meta):
     if saved:
         avg.load_state_dict({**meta.get("polyak", {}), "averages": saved})
     return avg
+
+
+def load_polyak(path, model):
+    """The Polyak average a run kept (``fit(..., polyak=decay)``), read from its checkpoint -> PolyakAverage.
+
+    ``model`` must have the run's architecture: the averages are checked against its parameters'
+    names and shapes. ``with avg.applied():`` then evaluates (or saves) the averaged weights.
+    Raises CheckpointError when the checkpoint holds no average.
+    """
+    from .checkpoint import read_checkpoint
+    _, _, meta = read_checkpoint(path)
+    if "polyak" not in meta:
+        raise CheckpointError(f"{path}: holds no Polyak average (the run was trained without polyak=...)")
+    return _polyak_resume(model, meta["polyak"]["decay"], meta)
 
 
 # -- the loop ---------------------------------------------------------------------------

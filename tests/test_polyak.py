@@ -234,3 +234,25 @@ def test_fit_without_polyak_keeps_the_plain_columns(tmp_path):
     hist = fit(tiny_model(0), tiny_data(32, 16), tmp_path, epochs=1, batch_size=16, progress=False, verbose=False)
     assert set(hist[0]) == set(FIELDS)
     assert "polyak" not in mx.checkpoint.read_meta(tmp_path / "checkpoint.npz")
+
+
+def test_load_polyak_reads_the_average_a_run_kept(tmp_path):
+    from minixception.checkpoint import CheckpointError, read_checkpoint
+    from minixception.train import fit, load_polyak
+    from helpers import tiny_data, tiny_model
+
+    model = tiny_model(0)
+    fit(model, tiny_data(32, 16), tmp_path / "avg", epochs=1, batch_size=16, progress=False, verbose=False,
+        polyak=0.9)
+    avg = load_polyak(tmp_path / "avg" / "checkpoint.npz", model)
+    _, _, meta = read_checkpoint(tmp_path / "avg" / "checkpoint.npz")
+    assert avg.decay == 0.9 and avg.updates == meta["polyak"]["updates"] == 2
+    trained = {n: p.data for n, p in model.named_parameters()}
+    with avg.applied():
+        for n, p in model.named_parameters():
+            np.testing.assert_array_equal(p.data, meta["_extra"]["polyak/" + n], err_msg=n)
+    assert all(p.data is trained[n] for n, p in model.named_parameters())
+
+    fit(tiny_model(0), tiny_data(32, 16), tmp_path / "plain", epochs=1, batch_size=16, progress=False, verbose=False)
+    with pytest.raises(CheckpointError, match="no Polyak average"):
+        load_polyak(tmp_path / "plain" / "checkpoint.npz", tiny_model(0))
