@@ -138,8 +138,8 @@ class Trial:
 
 
 def fair_comparison(variants, data, build, *, grid, seeds, epochs, batch_size=64, momentum=0.9,
-                    weight_decay=1e-5, schedule="cosine", device="cpu", out=None, progress=False,
-                    log=print):
+                    weight_decay=1e-5, schedule="cosine", augment=True, device="cpu", out=None,
+                    progress=False, log=print):
     """Compare model variants fairly: a learning rate tuned per variant, then several seeds -> [Trial].
 
     1. Tune: train every variant at every learning rate of ``grid`` with the first seed; keep,
@@ -179,7 +179,8 @@ def fair_comparison(variants, data, build, *, grid, seeds, epochs, batch_size=64
             prefix="minixception_fair_")
         t0 = time.perf_counter()
         hist = fit(model, fit_data, folder, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, schedule=schedule, device=device, seed=seed, progress=progress,
+                   weight_decay=weight_decay, schedule=schedule, augment=augment, device=device, seed=seed,
+                   progress=progress,
                    verbose=False, overwrite=out is not None)
         recompute_bn_statistics(model, model_input(data["x_train"]), model_input(data["y_train"]), 128, mean, std)
         val = evaluate(model, model_input(data["x_val"]), model_input(data["y_val"]), 256, mean, std)[1]
