@@ -173,6 +173,24 @@ def test_a_rank_resumed_mid_epoch_makes_the_same_slices():
         np.testing.assert_array_equal(yb, yf[lo:hi])
 
 
+@pytest.mark.gpu
+def test_each_rank_makes_exactly_its_slice_on_the_gpu():
+    import cupy
+    x, y = mx.data.make_shapes(47, seed=3)
+    mean, std = mx.data.channel_stats(x)
+    xd, yd = cupy.asarray(x), cupy.asarray(y)
+    it = lambda **kw: mx.data.BatchIterator(xd, yd, 10, mean, std, shuffle=True, augment=True, rng=4, **kw)
+    full = list(it())
+    dp = _rank(1, 2)
+    got = list(it(shard=dp.rows))
+    assert len(got) == len(full)
+    for (xf, yf), (xb, yb) in zip(full, got):
+        lo, hi = dp.group.shard(len(yf))
+        assert isinstance(xb, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(xb), cupy.asnumpy(xf[lo:hi]))
+        np.testing.assert_array_equal(cupy.asnumpy(yb), cupy.asnumpy(yf[lo:hi]))
+
+
 def test_batch_iterator_refuses_a_bad_shard():
     x, y = mx.data.make_shapes(8, seed=0)
     with pytest.raises(TypeError, match="shard must be None or a callable"):
