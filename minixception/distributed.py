@@ -398,7 +398,9 @@ class DataParallel:
     """The trainer's hooks for one data-parallel run.
 
     attach(model, optimizer): sync BN (if ``sync_bn``), rank 0's weights everywhere, buckets.
-    local_batch(xb, yb): this rank's contiguous slice of the global batch, and its loss weight.
+    rows(n): this rank's contiguous rows of a global batch of n, and its loss weight (the
+      trainer's BatchIterator produces only those rows); local_batch(xb, yb) cuts them from a
+      whole global batch.
     allreduce_gradients(): between backward and the optimiser step.
     end_epoch(model, optimizer): per-rank BN statistics averaged (without sync BN), drift check.
     """
@@ -421,14 +423,21 @@ class DataParallel:
         self.buckets = GradientBuckets(optimizer.params, self.group, self.bucket_bytes)
         return self
 
-    def local_batch(self, xb, yb):
-        """(B, ...) global batch -> this rank's (B_local, ...) slice; sets ``weight`` = B_local / B.
+    def rows(self, n):
+        """(lo, hi): this rank's rows of a global batch of ``n``; sets ``weight`` = (hi - lo) / n.
 
         The loss gradient of the slice is multiplied by ``weight`` so that the ranks' gradients
-        add up to the gradient of the global batch's mean loss.
+        add up to the gradient of the global batch's mean loss. The trainer hands this method
+        to ``BatchIterator(shard=...)``, which calls it for each batch it makes, so each rank
+        gathers, normalises and augments only its own rows (and ``weight`` is that batch's).
         """
-        lo, hi = self.group.shard(xb.shape[0])
-        self.weight = (hi - lo) / xb.shape[0]
+        lo, hi = self.group.shard(n)
+        self.weight = (hi - lo) / n
+        return lo, hi
+
+    def local_batch(self, xb, yb):
+        """(B, ...) global batch -> this rank's (B_local, ...) slice, cut by ``rows``."""
+        lo, hi = self.rows(xb.shape[0])
         return xb[lo:hi], yb[lo:hi]
 
     def allreduce_gradients(self):

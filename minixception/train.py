@@ -458,8 +458,11 @@ def _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, sched
     model.train()
     x_train_d, y_train_d = to_device(x_train, device), to_device(y_train, device)
     x_test_d, y_test_d = to_device(x_test, device), to_device(y_test, device)
+    # with --distributed each rank makes only its slice of every global batch (same images and
+    # draws as one process, sets dist.weight); the rest is the single-process loop
     train_iter = BatchIterator(x_train_d, y_train_d, batch_size, mean, std, shuffle=True,
-                               augment=augment, rng=rng, drop_last=drop_last, dtype=_dtype_of(model))
+                               augment=augment, rng=rng, drop_last=drop_last, dtype=_dtype_of(model),
+                               shard=None if dist is None else dist.rows)
     assert len(train_iter) == steps
     sync_every = sync_every or (50 if device == "gpu" else 1)
     if dist is not None:
@@ -488,9 +491,7 @@ def _fit(model, data, out, epochs, batch_size, lr, momentum, weight_decay, sched
             step = skip
             interrupted = False
             try:
-                for xb, yb in train_iter.epoch(skip):
-                    if dist is not None:                         # this rank's slice of the global batch
-                        xb, yb = dist.local_batch(xb, yb)
+                for xb, yb in train_iter.epoch(skip):           # (this rank's slice, if distributed)
                     opt.lr = sched(epoch + step / steps)
                     opt.zero_grad()
                     logits = model(xb)

@@ -153,6 +153,29 @@ def test_batch_iterator_skip_replays_random_draws():
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_batch_iterator_draw_protocol():
+    """The generator's calls are fixed (checkpoints save its state and resume replays them):
+    one permutation per epoch, then per batch the crop/flip draws of all its images."""
+    x, y = mx.data.make_shapes(21, seed=2)
+    mean, std = channel_stats(x)
+    got = list(BatchIterator(x, y, 8, mean, std, shuffle=True, augment=True, rng=np.random.default_rng(9)))
+    rng = np.random.default_rng(9)
+    order = rng.permutation(21)
+    assert len(got) == 3
+    for k, (xb, yb) in enumerate(got):
+        idx = order[8 * k:8 * k + 8]
+        draws = mx.data.draw_crop_flip(rng, len(idx))
+        np.testing.assert_array_equal(yb, y[idx])
+        np.testing.assert_array_equal(xb, mx.data.crop_flip(normalize(x[idx], mean, std), *draws))
+
+
+def test_crop_flip_wants_one_draw_per_image():
+    x = np.zeros((3, 4, 4, 1), np.float32)
+    oy, ox, fl = mx.data.draw_crop_flip(np.random.default_rng(0), 2)
+    with pytest.raises(ValueError, match="expected 3 draws"):
+        mx.data.crop_flip(x, oy, ox, fl)
+
+
 def test_load_dataset_subset():
     d = mx.data.load_dataset("shapes", subset_size=30, seed=0)
     assert d["x_train"].shape[0] == 30 and d["x_test"].shape[0] == 200 and len(d["classes"]) == 10

@@ -123,6 +123,83 @@ def test_local_batch_is_a_contiguous_slice_with_its_share():
     assert yb.tolist() == [4, 5, 6, 7] and dp.weight == 4 / 12
 
 
+def _rank(rank, size):
+    """A DataParallel for rank ``rank`` of ``size``, cutting batches with the real Group.shard."""
+    group = type("Rank", (Solo,), {"rank": rank, "size": size, "shard": D.Group.shard})()
+    return D.DataParallel(group)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_each_rank_makes_exactly_its_slice_of_the_global_batches(ranks):
+    """K ranks each making B/K images = one process making B, bit for bit, augmentation on;
+    the generator ends the epoch where one process's does (so resume stays exact)."""
+    x, y = mx.data.make_shapes(47, seed=3)
+    mean, std = mx.data.channel_stats(x)
+    it = lambda seed, **kw: mx.data.BatchIterator(x, y, 10, mean, std, shuffle=True, augment=True,
+                                                  rng=np.random.default_rng(seed), **kw)
+    whole = it(4)
+    full = list(whole)                                   # 4 batches of 10 and one of 7 (none divide by 2 or 3)
+    assert [len(yb) for _, yb in full] == [10, 10, 10, 10, 7]
+    for r in range(ranks):
+        dp = _rank(r, ranks)
+        part = it(4, shard=dp.rows)
+        got = []
+        for xb, yb in part:
+            got.append((xb, yb, dp.weight))              # the weight belongs to the batch just made
+        assert len(got) == len(full)
+        for (xf, yf), (xb, yb, w) in zip(full, got):
+            lo, hi = dp.group.shard(len(yf))
+            assert xb.dtype == xf.dtype and xb.shape == (hi - lo, *xf.shape[1:])
+            np.testing.assert_array_equal(xb, xf[lo:hi])
+            np.testing.assert_array_equal(yb, yf[lo:hi])
+            assert w == (hi - lo) / len(yf)
+        assert part.rng.bit_generator.state == whole.rng.bit_generator.state
+    for n in (10, 7):           # the ranks' rows together are the whole batch: none made twice or missed
+        cuts = [_rank(r, ranks).group.shard(n) for r in range(ranks)]
+        assert cuts[0][0] == 0 and cuts[-1][1] == n and all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+
+
+def test_a_rank_resumed_mid_epoch_makes_the_same_slices():
+    x, y = mx.data.make_shapes(47, seed=3)
+    mean, std = mx.data.channel_stats(x)
+    full = list(mx.data.BatchIterator(x, y, 10, mean, std, shuffle=True, augment=True, rng=4))
+    dp = _rank(1, 2)
+    part = mx.data.BatchIterator(x, y, 10, mean, std, shuffle=True, augment=True, rng=4, shard=dp.rows)
+    got = list(part.epoch(skip=3))
+    assert len(got) == 2
+    for (xf, yf), (xb, yb) in zip(full[3:], got):
+        lo, hi = dp.group.shard(len(yf))
+        np.testing.assert_array_equal(xb, xf[lo:hi])
+        np.testing.assert_array_equal(yb, yf[lo:hi])
+
+
+@pytest.mark.gpu
+def test_each_rank_makes_exactly_its_slice_on_the_gpu():
+    import cupy
+    x, y = mx.data.make_shapes(47, seed=3)
+    mean, std = mx.data.channel_stats(x)
+    xd, yd = cupy.asarray(x), cupy.asarray(y)
+    it = lambda **kw: mx.data.BatchIterator(xd, yd, 10, mean, std, shuffle=True, augment=True, rng=4, **kw)
+    full = list(it())
+    dp = _rank(1, 2)
+    got = list(it(shard=dp.rows))
+    assert len(got) == len(full)
+    for (xf, yf), (xb, yb) in zip(full, got):
+        lo, hi = dp.group.shard(len(yf))
+        assert isinstance(xb, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(xb), cupy.asnumpy(xf[lo:hi]))
+        np.testing.assert_array_equal(cupy.asnumpy(yb), cupy.asnumpy(yf[lo:hi]))
+
+
+def test_batch_iterator_refuses_a_bad_shard():
+    x, y = mx.data.make_shapes(8, seed=0)
+    with pytest.raises(TypeError, match="shard must be None or a callable"):
+        mx.data.BatchIterator(x, y, 4, [0, 0, 0], [1, 1, 1], shard=(0, 2))
+    it = mx.data.BatchIterator(x, y, 4, [0, 0, 0], [1, 1, 1], shard=lambda n: (1, n + 1))
+    with pytest.raises(ValueError, match=r"shard\(4\) must give 0 <= lo <= hi <= 4, got \(1, 5\)"):
+        next(iter(it))
+
+
 # -- under mpiexec -n 2 -------------------------------------------------------------------------
 
 def _mpiexec():

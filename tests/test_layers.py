@@ -1,9 +1,13 @@
 """The nn API: names, state dicts, modes, gradient accumulation, containers, caches, dtypes."""
+import sys
+import threading
+
 import numpy as np
 import pytest
 
 import minixception as mx
 from minixception.nn import inference_mode
+from minixception.nn.module import caching_enabled
 
 
 class Scale(mx.nn.Module):
@@ -227,6 +231,91 @@ def test_inference_mode_keeps_no_cache(rng):
     # caching is back on after the block
     model(x)
     assert model[0].holds_cache
+
+
+def test_inference_mode_nests_and_restores_after_an_exception():
+    assert caching_enabled()
+    with inference_mode():
+        with inference_mode():
+            assert not caching_enabled()
+        assert not caching_enabled()            # leaving the inner block keeps the outer one's value
+    assert caching_enabled()
+    with pytest.raises(KeyError):
+        with inference_mode():
+            raise KeyError("inside")
+    assert caching_enabled()                    # an exception inside still switches caching back on
+    with inference_mode():
+        with pytest.raises(KeyError):
+            with inference_mode():
+                raise KeyError("inside")
+        assert not caching_enabled()            # ... to the value from before the inner block
+
+
+def _in_thread(target):
+    """Start ``target`` in a thread; return (thread, list that collects its exception)."""
+    errors = []
+
+    def run():
+        try:
+            target()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread to re-raise
+            errors.append(e)
+    t = threading.Thread(target=run)
+    t.start()
+    return t, errors
+
+
+def _train_step(layer, x, rng):
+    y = layer(x)
+    assert layer.holds_cache
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    dx = layer.backward(dy)
+    assert dx.shape == x.shape
+
+
+def test_inference_mode_in_one_thread_leaves_another_thread_caching(rng):
+    layer = mx.nn.Dense(3, 2, rng=np.random.default_rng(0))
+    x = rng.standard_normal((4, 3)).astype("float32")
+    inside, leave = threading.Event(), threading.Event()
+    seen = []
+
+    def evaluate():                             # thread A holds inference_mode open ...
+        with inference_mode():
+            seen.append(caching_enabled())
+            inside.set()
+            assert leave.wait(30), "the main thread never let go"
+
+    t, errors = _in_thread(evaluate)
+    try:
+        assert inside.wait(30), "the thread never entered inference_mode"
+        assert caching_enabled()                # ... while the main thread still caches
+        _train_step(layer, x, rng)              # forward + backward work here
+    finally:
+        leave.set()
+        t.join(30)
+    assert not errors, errors
+    assert seen == [False]                      # the thread itself did run without caches
+
+
+def test_inference_mode_in_the_main_thread_leaves_a_worker_caching(rng):
+    layer = mx.nn.Dense(3, 2, rng=np.random.default_rng(0))
+    x = rng.standard_normal((4, 3)).astype("float32")
+    with inference_mode():
+        # a thread started from inside the block gets a fresh context, where caching is on
+        # (a copy of this one only where Python sets sys.flags.thread_inherit_context)
+        inherits = bool(getattr(sys.flags, "thread_inherit_context", False))
+        seen = []
+        t, errors = _in_thread(lambda: seen.append(caching_enabled()))
+        t.join(30)
+        assert not errors, errors
+        assert seen == [not inherits]
+        if not inherits:
+            t, errors = _in_thread(lambda: _train_step(layer, x, np.random.default_rng(1)))
+            t.join(30)
+            assert not errors, errors
+        assert not caching_enabled()            # the workers changed nothing here
+        layer(x)
+        assert not layer.holds_cache
 
 
 def test_to_float64_casts_params_grads_buffers(rng):

@@ -7,11 +7,12 @@
 """
 from .cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, ChecksumError, DatasetUnavailable,
                       cache_dir, load_cifar10, parse_cifar10_archive)
-from .iterator import BatchIterator, channel_stats, draw_crop_flip, normalize, random_crop_flip
+from .iterator import BatchIterator, channel_stats, crop_flip, draw_crop_flip, normalize, random_crop_flip
 from .shapes import SHAPES_CLASSES, load_shapes, make_shapes
 from .datasets import load_dataset, subset
 
 __all__ = ["load_cifar10", "parse_cifar10_archive", "cache_dir", "CIFAR10_URL", "CIFAR10_MD5",
            "CIFAR10_CLASSES", "ChecksumError", "DatasetUnavailable", "load_shapes", "make_shapes",
-           "SHAPES_CLASSES", "BatchIterator", "channel_stats", "normalize", "random_crop_flip",
+           "SHAPES_CLASSES", "BatchIterator", "channel_stats", "normalize", "random_crop_flip", "draw_crop_flip",
+           "crop_flip",
            "load_dataset", "subset"]

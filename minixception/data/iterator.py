@@ -60,9 +60,20 @@ def random_crop_flip(x, rng, pad=4, flip=True):
     take a random H x W crop, and mirror left-right with probability 1/2. Offsets and
     flips come from the host generator ``rng``; the gather runs on x's device.
     """
+    return crop_flip(x, *draw_crop_flip(rng, x.shape[0], pad, flip), pad=pad)
+
+
+def crop_flip(x, oy, ox, fl, pad=4):
+    """x: (N, H, W, C) float; oy, ox: (N,) int offsets in [0, 2 pad]; fl: (N,) bool -> (N, H, W, C).
+
+    Image i is zero-padded by ``pad``, cropped at row oy[i], column ox[i], and mirrored
+    left-right where fl[i]. Each image depends only on its own draws, so a slice of a batch
+    augmented with the same slice of the draws gives the same slice of the result.
+    """
     xp = get_array_module(x)
     n, h, w, c = x.shape
-    oy, ox, fl = draw_crop_flip(rng, n, pad, flip)
+    if not (len(oy) == len(ox) == len(fl) == n):
+        raise ValueError(f"crop_flip: expected {n} draws (one per image), got {len(oy)}, {len(ox)}, {len(fl)}")
     rows = oy[:, None] + np.arange(h)[None, :]                              # (N, H)
     cols = np.where(fl[:, None], ox[:, None] + (w - 1 - np.arange(w))[None, :],
                     ox[:, None] + np.arange(w)[None, :])                    # (N, W)
@@ -79,10 +90,17 @@ class BatchIterator:
     mean, std: per-channel statistics (host arrays, [0, 255] units).
     shuffle / augment draw from ``rng`` (a numpy Generator or an int seed); one full
     pass per ``iter()``. ``drop_last`` drops a final short batch (batch norm wants > 1).
+
+    shard: None, or a callable ``n -> (lo, hi)`` naming the rows of each global batch of
+    ``n`` images that this iterator produces (a data-parallel rank's slice). Only those rows
+    are gathered, normalised and augmented, but the shuffle order and the random draws are
+    made for the whole global batch, exactly as without ``shard``: the rows produced are bit
+    for bit ``[lo:hi]`` of the unsharded batch, and the generator ends every epoch in the
+    same state. It is called once per produced batch, just before that batch is made.
     """
 
     def __init__(self, x, y, batch_size, mean, std, shuffle=False, augment=False, rng=None,
-                 drop_last=False, dtype="float32"):
+                 drop_last=False, dtype="float32", shard=None):
         if x.ndim != 4:
             raise ValueError(f"BatchIterator: expected images (N, H, W, C), got shape {x.shape}")
         if y.shape != (x.shape[0],):
@@ -91,10 +109,14 @@ class BatchIterator:
             raise TypeError("BatchIterator: images and labels must live on the same device")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if shard is not None and not callable(shard):
+            raise TypeError(f"BatchIterator: shard must be None or a callable n -> (lo, hi), "
+                            f"got {type(shard).__name__}")
         self.x, self.y, self.batch_size = x, y, int(batch_size)
         self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         self.shuffle, self.augment, self.drop_last, self.dtype = shuffle, augment, drop_last, dtype
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.shard = shard
 
     def __len__(self):
         n = self.x.shape[0]
@@ -111,16 +133,27 @@ class BatchIterator:
         order = self.rng.permutation(n) if self.shuffle else None
         for k in range(len(self)):
             lo, hi = k * self.batch_size, min(n, (k + 1) * self.batch_size)
+            # the draws of the whole global batch, in the generator's fixed order, whichever
+            # rows are produced (or none, for a skipped batch)
+            draws = draw_crop_flip(self.rng, hi - lo) if self.augment else None
             if k < skip:
-                if self.augment:
-                    draw_crop_flip(self.rng, hi - lo)
                 continue
+            a, b = self._rows(hi - lo)
             if order is None:
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
+                xb, yb = self.x[lo + a:lo + b], self.y[lo + a:lo + b]
             else:
-                idx = xp.asarray(order[lo:hi])
+                idx = xp.asarray(order[lo + a:lo + b])
                 xb, yb = self.x[idx], self.y[idx]
             xb = normalize(xb, self.mean, self.std, self.dtype)
             if self.augment:
-                xb = random_crop_flip(xb, self.rng)
+                xb = crop_flip(xb, *(d[a:b] for d in draws))
             yield xb, yb
+
+    def _rows(self, n):
+        """(a, b): the rows of a global batch of n this iterator produces (all without ``shard``)."""
+        if self.shard is None:
+            return 0, n
+        a, b = self.shard(n)
+        if not (0 <= a <= b <= n):
+            raise ValueError(f"BatchIterator: shard({n}) must give 0 <= lo <= hi <= {n}, got ({a}, {b})")
+        return int(a), int(b)

@@ -21,27 +21,41 @@ path (their state-dict entries would collide): that is a ``ValueError``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy as np
 
 from ..backend import check_device, device_of, get_array_module, to_device, to_numpy
 
-_caching = [True]
+# Whether forwards keep what backward needs. A context variable, not a module global: each
+# thread (and each asyncio task) sees its own value, so an evaluation running under
+# inference_mode() in one thread cannot switch caching off for a training loop in another.
+_caching = contextvars.ContextVar("minixception_caching", default=True)
 
 
 @contextlib.contextmanager
 def inference_mode():
-    """Within this block forward passes keep no caches (no backward possible, less memory)."""
-    old = _caching[0]
-    _caching[0] = False
+    """Within this block forward passes keep no caches (no backward possible, less memory).
+
+    The switch is per context, hence per thread: other threads keep caching while one is in
+    here. Blocks nest, and on leaving (normally or by an exception) the value from before the
+    block comes back. A thread started with ``threading.Thread`` from inside the block begins
+    with a fresh context, so it caches (the default) until it enters ``inference_mode()``
+    itself. (Python builds that set ``sys.flags.thread_inherit_context``, the free-threaded
+    3.14 ones, give a new thread a copy of its parent's context instead, so there it starts in
+    inference mode.) Code that wants the block to cover work in another thread enters it in
+    that thread, or runs the work with ``contextvars.copy_context().run``.
+    """
+    token = _caching.set(False)
     try:
         yield
     finally:
-        _caching[0] = old
+        _caching.reset(token)
 
 
 def caching_enabled() -> bool:
-    return _caching[0]
+    """False inside ``inference_mode()`` (in this thread / context), True otherwise."""
+    return _caching.get()
 
 
 class Parameter:
