@@ -133,6 +133,24 @@ def ablation_in(out):
     return taken
 
 
+def clear_ablation(out):
+    """Remove the ablation in ``out`` (for ``--overwrite``): its CSV files and figure, and each trial
+    folder's run files (a trial another process is writing is refused, as ``claim`` refuses it);
+    trial folders left empty are removed too, anything else in them is kept."""
+    from .runfolder import claim, holds_run
+    out = Path(out)
+    for n in ("ablation.csv", "summary.csv", "ablation.png"):
+        (out / n).unlink(missing_ok=True)
+    for name, _, _ in VARIANTS:
+        folder = out / name
+        trials = [t for t in sorted(folder.iterdir()) if t.is_dir() and holds_run(t)] if folder.is_dir() else []
+        for t in trials + ([folder] if holds_run(folder) else []):
+            with claim(t, overwrite=True):
+                pass
+            if t != folder and not any(t.iterdir()):
+                t.rmdir()
+
+
 def split_validation(data, val):
     """The last ``val`` training images become validation images -> fair_comparison's data dict."""
     n = len(data["x_train"]) - val
@@ -146,7 +164,7 @@ def run_ablation(args):
 
     ``args``: resolved flags (``cli.resolve``, then ``check_protocol``). Each trial is a run folder
     ``OUT/<variant>/lr<lr>-seed<s>``; an ``OUT`` that already holds an ablation is refused unless
-    ``args.overwrite`` (which replaces the trials it runs again, and the CSV files and figure).
+    ``args.overwrite``, which removes that ablation first (``clear_ablation``).
     """
     from .data import load_dataset
     from .runfolder import RunFolderError, check_writable
@@ -158,6 +176,8 @@ def run_ablation(args):
     if taken and not args.overwrite:
         raise RunFolderError(f"{out} already holds an ablation ({', '.join(taken)}); replace it with "
                              "--overwrite, or choose another --out")
+    if taken:
+        clear_ablation(out)         # no trial of the old ablation is left to be mistaken for the new one's
     loaded = load_dataset(args.data, args.subset, seed=args.seed)
     data = split_validation(loaded, args.val)
     shape, classes = data["x_train"].shape[1:], len(loaded["classes"])
