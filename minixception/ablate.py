@@ -427,12 +427,13 @@ def plot_fair_comparison(trials, panels, path=None):
 
 
 def cmd_ablate(args, parser):
-    from .cli import resolve, run_folder
+    from .cli import _check_device, resolve, run_folder
     p = parser.commands["ablate"]
     if args.lr is not None and args.lr_grid is not None:
         p.error("argument --lr-grid: give either --lr (one rate) or --lr-grid (rates to choose from), not both")
     resolve(p, args, _defaults(), ABLATE_FLAGS)
     note = check_protocol(p, args)
+    _check_device(args.device)                  # before any folder, download or training
     args.out = run_folder(args, ABLATE_DEFAULTS["out"])
     print(f"ablation folder: {args.out}", flush=True)
     if note:

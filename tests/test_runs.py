@@ -345,3 +345,15 @@ def test_no_gpu_is_one_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--device gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_ablate_without_a_gpu_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    import minixception as mx
+    import minixception.data as data
+    if mx.backend.gpu_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    assert main(["ablate", "--out", str(tmp_path / "a"), *ABLATE_TINY, "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
