@@ -6,7 +6,7 @@
     python -m minixception summary --model xception
     python -m minixception compare                     # Xception vs Inception V3, side by side
     mpiexec -n 2 python -m minixception train --distributed --sync-bn
-    python -m minixception ablate --out runs/ablation
+    python -m minixception ablate --lr-grid 0.015 0.045 0.135 --seeds 3 --out runs/ablation
 
 Every flag is defined once, in ``FLAGS``; ``train``, ``ablate`` and ``summary`` pick theirs by
 name. A flag's value is checked while parsing (``runs.check_setting``: ``--lr nan`` or
