@@ -139,8 +139,6 @@ def clear_ablation(out):
     trial folders left empty are removed too, anything else in them is kept."""
     from .runfolder import claim, holds_run
     out = Path(out)
-    for n in ("ablation.csv", "summary.csv", "ablation.png"):
-        (out / n).unlink(missing_ok=True)
     for name, _, _ in VARIANTS:
         folder = out / name
         trials = [t for t in sorted(folder.iterdir()) if t.is_dir() and holds_run(t)] if folder.is_dir() else []
@@ -149,6 +147,8 @@ def clear_ablation(out):
                 pass
             if t != folder and not any(t.iterdir()):
                 t.rmdir()
+    for n in ("ablation.csv", "summary.csv", "ablation.png"):      # last: a refusal above leaves them
+        (out / n).unlink(missing_ok=True)
 
 
 def split_validation(data, val):
