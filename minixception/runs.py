@@ -81,6 +81,9 @@ _CHECKS = {
                   "at most 4 layer widths, each an integer in [1, 16384]"),
     "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "fc_layer": (lambda v: _integer(v) and 1 <= v <= 16384, "an integer in [1, 16384]"),
+    # the ablation's protocol (not settings of one run): seeds per variant, held-out validation images
+    "seeds": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "val": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
 }
 # a stored run must say at least these; the rest have the defaults build_model falls back on
 REQUIRED = ("data", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed")

@@ -59,15 +59,46 @@ def test_summary_mini(capsys):
 
 
 def test_ablate_tiny(tmp_path, capsys):
+    """The fair protocol end to end: two rates, two seeds, two variants -> the files, the rows, the
+    val-best rate repeated with the second seed, and the verdict printed."""
+    import csv
     out = tmp_path / "abl"
-    assert main(["ablate", "--subset", "32", "--epochs", "1", "--batch-size", "16", "--width", "0.25",
-                 "--middle-blocks", "1", "--variants", "residual_none,plain_none", "--no-progress",
-                 "--out", str(out)]) == 0
-    assert (out / "ablation.png").stat().st_size > 1000
-    lines = (out / "ablation.csv").read_text().splitlines()
-    assert lines[0].startswith("variant,residual,intermediate,epoch")
-    assert {l.split(",")[0] for l in lines[1:]} == {"residual_none", "plain_none"}
-    assert (out / "plain_none" / "metrics.csv").is_file()
+    assert main(["ablate", "--subset", "96", "--epochs", "1", "--batch-size", "16", "--width", "0.25",
+                 "--middle-blocks", "1", "--variants", "residual_none,plain_none", "--lr-grid", "0.01", "0.2",
+                 "--seeds", "2", "--seed", "3", "--no-progress", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "holding out the last 19 of the 96 training images" in said       # no --val: a fifth
+    assert (out / "ablation.png").stat().st_size > 10_000
+    with open(out / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 2 * (2 + 1)                       # per variant: the grid, then one more seed
+    with open(out / "ablation.csv", newline="") as f:
+        epochs = list(csv.DictReader(f))
+    assert list(epochs[0])[:7] == ["variant", "residual", "intermediate", "lr", "seed", "epoch", "train_loss"]
+    assert len(epochs) == len(summary)                       # one epoch per trial
+    assert {(r["variant"], r["residual"], r["intermediate"]) for r in epochs} == {
+        ("residual_none", "True", "none"), ("plain_none", "False", "none")}
+    final = {}
+    for name in ("residual_none", "plain_none"):
+        mine = [r for r in summary if r["variant"] == name]
+        tuning = [r for r in mine if r["seed"] == "3"]
+        assert [float(r["lr"]) for r in tuning] == [0.01, 0.2]
+        best = max(tuning, key=lambda r: float(r["val_acc"]))["lr"]          # the first of equals
+        assert [(r["lr"], r["seed"]) for r in mine if r["chosen"] == "True"] == [(best, "3"), (best, "4")]
+        assert (out / name / f"lr{float(best):g}-seed4" / "metrics.csv").is_file()
+        final[name] = {r["seed"]: r for r in mine if r["chosen"] == "True"}
+        accs = [float(r["test_acc"]) for r in final[name].values()]
+        assert f"{name} lr {float(best):g} test acc {sum(accs) / 2:.3f} ({min(accs):.3f}..{max(accs):.3f})" in [
+            " ".join(line.split()) for line in said.splitlines()]
+
+    def holds(key, better):
+        return [f"{a} {'>' if better(1, 0) else '<'} {b}" for a in final for b in final if a != b and all(
+            better(float(final[a][s][key]), float(final[b][s][key])) for s in ("3", "4"))]
+    lines = said.splitlines()
+    for label, key, better in (("test accuracy:", "test_acc", lambda u, v: u > v),
+                               ("final training loss:", "train_loss", lambda u, v: u < v)):
+        (line,) = [l for l in lines if l.strip().startswith(label)]
+        assert line.split(":", 1)[1].strip() == (", ".join(holds(key, better)) or "none")
 
 
 def test_help_documents_every_option():

@@ -33,6 +33,20 @@ def test_an_ordering_holds_only_if_every_seed_agrees():
     assert set(holds_for_every_seed(trials, "train_loss", higher_is_better=False)) == set(pairs)
 
 
+def test_report_gives_the_chosen_rates_and_the_orderings_every_seed_agrees_on():
+    from minixception.ablate import report
+    trials = []
+    for name, accs, losses in (("a", (0.8, 0.7), (0.2, 0.3)), ("b", (0.5, 0.75), (0.4, 0.35)),
+                               ("c", (0.1, 0.2), (0.9, 0.1))):
+        trials.append(Trial(name, 0.3, 0, [{"train_loss": 5.0}], 0.0, 0.0, 1.0, 0.0))     # a rate not chosen
+        trials += [Trial(name, 0.1, s, [{"train_loss": 5.0}, {"train_loss": loss}], 0.5, acc, 1.0, 0.0)
+                   for s, (acc, loss) in enumerate(zip(accs, losses))]
+    lines = [" ".join(line.split()) for line in report(trials)]
+    assert "a lr 0.1 test acc 0.750 (0.700..0.800)" in lines and "c lr 0.1 test acc 0.150 (0.100..0.200)" in lines
+    assert lines[-2:] == ["test accuracy: a > c, b > c",         # a vs b flips at seed 1
+                          "final training loss: a < b"]          # the last epoch's loss; c flips against both
+
+
 def _data(n_train=48, n_val=32, n_test=32):
     x, y, xt, yt = mx.data.load_shapes(n_train + n_val, n_test, seed=0)
     return dict(x_train=x[:n_train], y_train=y[:n_train], x_val=x[n_train:], y_val=y[n_train:],
@@ -125,6 +139,33 @@ def test_fair_comparison_needs_validation_images_to_tune():
     data["x_val"], data["y_val"] = data["x_val"][:0], data["y_val"][:0]
     with pytest.raises(ValueError, match="validation images"):
         fair_comparison({"a": {}}, data, lambda kw, s: tiny_model(s), grid=(0.1, 0.2), seeds=(0,), epochs=1)
+
+
+def test_fair_comparison_without_validation_images(monkeypatch):
+    """One rate needs no validation images: val_acc is nan, and fit watches the test images."""
+    import math
+    import minixception.train as train
+    data = _data()
+    data["x_val"], data["y_val"] = data["x_val"][:0], data["y_val"][:0]
+    watched = []
+    real_fit = train.fit
+
+    def fit(model, fit_data, out, **kw):
+        watched.append(fit_data["x_test"])
+        return real_fit(model, fit_data, out, **kw)
+    monkeypatch.setattr(train, "fit", fit)
+    (trial,) = fair_comparison({"a": {}}, data, lambda kw, s: tiny_model(s), grid=(0.05,), seeds=(0,), epochs=1,
+                               batch_size=16, log=lambda s: None)
+    assert math.isnan(trial.val_acc) and 0.0 <= trial.test_acc <= 1.0 and np.isfinite(trial.test_loss)
+    assert len(watched) == 1 and watched[0] is data["x_test"]
+    assert chosen_rates([trial]) == {"a": 0.05}
+
+
+def test_fair_comparison_refuses_a_rate_twice():
+    # 0.1 and 0.1000000001 would share the run folder lr0.1-seed0
+    with pytest.raises(ValueError, match="twice"):
+        fair_comparison({"a": {}}, _data(), lambda kw, s: tiny_model(s), grid=(0.1, 0.2, 0.1000000001),
+                        seeds=(0,), epochs=1)
 
 
 def test_plot_fair_comparison_draws_every_variant(tmp_path):

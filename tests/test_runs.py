@@ -144,6 +144,77 @@ def test_subset_above_cifar10_size_is_refused(tmp_path, capsys, monkeypatch):
     assert "--subset" in err and "50000" in err
 
 
+ABLATE_TINY = ["--epochs", "1", "--variants", "plain_none", *TINY]
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr-grid", "nan"), ("--lr-grid", "0"), ("--lr-grid", "11"), ("--lr-grid", "-0.1"), ("--lr-grid", "fast"),
+    ("--seeds", "0"), ("--seeds", "-1"), ("--seeds", "1.5"), ("--val", "-1"), ("--val", "many"),
+])
+def test_ablate_refuses_nonsense_protocol_flags_at_parsing(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["ablate", "--out", str(tmp_path / "a"), *ABLATE_TINY, flag, value])
+    assert e.value.code == 2
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert flag in line and value in line
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--val", "40"], "leaves 8, less than one batch"),                 # 48 images, batch 16
+    (["--val", "0", "--lr-grid", "0.01", "0.1"], "needs validation images"),
+    (["--lr-grid", "0.1", "0.05", "0.1000000001"], "0.1 more than once"),  # the same trial folder twice
+    (["--lr", "0.1", "--lr-grid", "0.01", "0.1"], "not both"),
+])
+def test_ablate_refuses_a_protocol_that_cannot_run(tmp_path, capsys, extra, says):
+    with pytest.raises(SystemExit) as e:
+        main(["ablate", "--out", str(tmp_path / "a"), *ABLATE_TINY, *extra])
+    assert e.value.code == 2
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert says in line and ("--val" in line or "--lr-grid" in line)
+    assert not (tmp_path / "a").exists()
+
+
+def test_ablate_passes_its_flags_to_the_protocol(tmp_path, monkeypatch, capsys):
+    """The flags reach fair_comparison: the grid, the seeds, --no-augment, the validation images cut
+    from the end of the training images, and models built from the run settings."""
+    import numpy as np
+    import minixception.ablate as ablate
+    from minixception import nn
+    from minixception.data import load_dataset
+    from minixception.runs import build_model
+    seen = {}
+
+    def fake(variants, data, build, **kw):
+        seen.update(variants=variants, data=data, build=build, **kw)
+        raise KeyboardInterrupt("stop here")
+    monkeypatch.setattr(ablate, "fair_comparison", fake)
+    assert main(["ablate", "--out", str(tmp_path / "a"), "--epochs", "3", "--subset", "64", "--batch-size", "8",
+                 "--width", "0.25", "--middle-blocks", "1", "--bn-momentum", "0.7", "--no-augment",
+                 "--variants", "residual_elu,plain_none", "--lr-grid", "0.02", "0.2", "--seeds", "3",
+                 "--seed", "5", "--val", "10", "--schedule", "step", "--no-progress"]) == 130
+    assert seen["variants"] == {"residual_elu": dict(residual=True, intermediate="elu"),
+                                "plain_none": dict(residual=False, intermediate="none")}
+    assert seen["grid"] == [0.02, 0.2] and seen["seeds"] == [5, 6, 7] and seen["augment"] is False
+    assert (seen["epochs"], seen["batch_size"], seen["schedule"]) == (3, 8, "step")
+    assert seen["out"] == tmp_path / "a"
+    full = load_dataset("shapes", 64, seed=5)
+    data = seen["data"]
+    np.testing.assert_array_equal(data["x_train"], full["x_train"][:54])
+    np.testing.assert_array_equal(data["x_val"], full["x_train"][54:])
+    np.testing.assert_array_equal(data["y_val"], full["y_train"][54:])
+    np.testing.assert_array_equal(data["x_test"], full["x_test"])
+    model = seen["build"](dict(residual=False, intermediate="elu"), 6)
+    assert not any(isinstance(m, nn.Residual) for m in model.modules())
+    assert all(m.intermediate == "elu" for m in model.modules() if isinstance(m, nn.SeparableConv2D))
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2D)} == {0.7}
+    twin = build_model(dict(model="mini", width=0.25, middle_blocks=1, residual=False, intermediate="elu",
+                            bn_momentum=0.7, seed=6))
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert k == k2
+        np.testing.assert_array_equal(v, v2, err_msg=k)
+
+
 def test_ablate_shares_the_flag_checks(tmp_path, capsys):
     for flag, value in (("--lr", "nan"), ("--batch-size", "0"), ("--subset", "200000")):
         with pytest.raises(SystemExit):
@@ -206,14 +277,39 @@ def test_a_bad_checkpoint_is_one_line_on_stderr_and_debug_shows_the_traceback(tm
     assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
 
 
-def test_ablate_refuses_a_folder_holding_an_ablation(tmp_path, capsys, monkeypatch):
-    import minixception.runs as runs
-    monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained into a taken folder"))
-    (tmp_path / "abl").mkdir()
-    (tmp_path / "abl" / "ablation.csv").write_text("variant\n")
+@pytest.mark.parametrize("left", ["ablation.csv", "summary.csv", "residual_none/lr0.05-seed0/metrics.csv",
+                                  "plain_none/checkpoint.npz"])
+def test_ablate_refuses_a_folder_holding_an_ablation(tmp_path, capsys, monkeypatch, left):
+    import minixception.ablate as ablate
+    monkeypatch.setattr(ablate, "fair_comparison", lambda *a, **k: pytest.fail("trained into a taken folder"))
+    (tmp_path / "abl" / left).parent.mkdir(parents=True)
+    (tmp_path / "abl" / left).write_text("variant\n")
     assert main(["ablate", "--out", str(tmp_path / "abl"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "already holds an ablation" in err and "--overwrite" in err
+    assert "already holds an ablation" in err and "--overwrite" in err and left.split("/")[0] in err
+
+
+def test_ablate_overwrite_replaces_an_ablation(tmp_path, capsys):
+    out = tmp_path / "abl"
+    argv = ["ablate", "--out", str(out), *ABLATE_TINY, "--variants", "residual_none"]
+    assert main(argv) == 0
+    trial = out / "residual_none" / "lr0.05-seed0"
+    assert (trial / "checkpoint.npz").is_file()
+    before = _snapshot(trial)
+    capsys.readouterr()
+    assert main(argv) == 2                                         # refused: the files are untouched
+    err = capsys.readouterr().err
+    assert "ablation.csv" in err and "residual_none" in err
+    assert _snapshot(trial) == before
+    (trial / "notes.txt").write_text("mine")
+    (out / "residual_none" / "lr0.1-seed0").mkdir()
+    (out / "residual_none" / "lr0.1-seed0" / "metrics.csv").write_text("epoch\n")   # another trial of it
+    assert main([*argv, "--overwrite", "--seed", "1"]) == 0
+    assert (out / "residual_none" / "lr0.05-seed1" / "checkpoint.npz").is_file()
+    assert {l.split(",")[2] for l in (out / "summary.csv").read_text().splitlines()[1:]} == {"1"}
+    # the old ablation's trial is gone, but only its run files: what else was there is kept
+    assert sorted(p.name for p in trial.iterdir()) == ["notes.txt"]
+    assert not (out / "residual_none" / "lr0.1-seed0").exists()
 
 
 def test_a_run_in_another_process_holds_the_folder_until_it_ends(tmp_path, capsys):
@@ -249,3 +345,15 @@ def test_no_gpu_is_one_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--device gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_ablate_without_a_gpu_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    import minixception as mx
+    import minixception.data as data
+    if mx.backend.gpu_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    assert main(["ablate", "--out", str(tmp_path / "a"), *ABLATE_TINY, "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
