@@ -11,9 +11,9 @@ Figure 9 of the paper: without residual connections convergence is slower and wo
 Figure 10: no activation between depthwise and pointwise convolution beats ELU, which
 beats ReLU.
 
-A fair comparison (``fair_comparison``) gives every variant its own learning rate, chosen on
-validation images from a grid, then repeats it with further seeds; an ordering counts only if
-every seed agrees (``holds_for_every_seed``). ``python -m minixception ablate`` runs it
+A fair comparison (``fair_comparison``) trains every variant at every rate of a grid with
+several seeds and judges it at its own rate, the one with the best mean accuracy on validation
+images; an ordering counts only if every seed agrees (``holds_for_every_seed``). ``python -m minixception ablate`` runs it
 (``run_ablation``) and writes into ``OUT``:
 
     ablation.csv   one row per trial and epoch (fit's columns, its "lr" renamed "epoch_lr"; "test_*"
@@ -268,11 +268,13 @@ class Trial:
 def fair_comparison(variants, data, build, *, grid, seeds, epochs, batch_size=64, momentum=0.9,
                     weight_decay=1e-5, schedule="cosine", augment=True, device="cpu", out=None,
                     progress=False, log=print):
-    """Compare model variants fairly: a learning rate tuned per variant, then several seeds -> [Trial].
+    """Compare model variants fairly: each at its own learning rate, over several seeds -> [Trial].
 
-    1. Tune: train every variant at every learning rate of ``grid`` with the first seed; keep,
-       per variant, the rate with the best validation accuracy (ties: the first in ``grid``).
-    2. Repeat: train every variant at its own rate with each further seed.
+    Every variant is trained at every learning rate of ``grid`` with every seed of ``seeds``.
+    Per variant, the rate with the best *mean* validation accuracy over the seeds is its rate
+    (``chosen_rates``; ties: the first in ``grid``), and the variant is judged by its runs at that
+    rate on the *test* images, which chose nothing. Choosing on the mean over seeds, not on one
+    seed, matters: a rate at the edge of stability can win on one seed and diverge on the next.
 
     One variant's rate is never imposed on another (a rate tuned for one architecture can be
     "uncharitable" to the next), and a difference counts only if the seeds agree on it
@@ -333,25 +335,20 @@ def fair_comparison(variants, data, build, *, grid, seeds, epochs, batch_size=64
         from .backend import to_device
         return to_device(a, device)
 
-    trials = []
-    for name in variants:
-        tuned = [run(name, lr, seeds[0]) for lr in grid]
-        trials += tuned
-        best = max(tuned, key=lambda t: t.val_acc).lr            # max keeps the first of equals
-        trials += [run(name, best, s) for s in seeds[1:]]
-    return trials
+    return [run(name, lr, seed) for name in variants for lr in grid for seed in seeds]
 
 
 def chosen_rates(trials):
-    """{variant: the learning rate it was repeated at} -- the one with more than the tuning seed's run,
-    or (one seed only) the tuning run with the best validation accuracy."""
+    """{variant: its learning rate} -- the rate with the best mean validation accuracy over the
+    seeds (ties, or no validation images: the first rate the trials list)."""
     rates = {}
     for name in dict.fromkeys(t.variant for t in trials):
-        mine = [t for t in trials if t.variant == name]
         per_lr = {}
-        for t in mine:
-            per_lr.setdefault(t.lr, []).append(t)
-        rates[name] = max(per_lr, key=lambda lr: (len(per_lr[lr]), max(t.val_acc for t in per_lr[lr])))
+        for t in trials:
+            if t.variant == name:
+                per_lr.setdefault(t.lr, []).append(t.val_acc)
+        score = {lr: (np.mean(v) if not np.isnan(v).any() else -np.inf) for lr, v in per_lr.items()}
+        rates[name] = max(per_lr, key=lambda lr: score[lr])       # max keeps the first of equals
     return rates
 
 
@@ -383,8 +380,8 @@ def plot_fair_comparison(trials, panels, path=None):
     """One row per panel ``(title, [variant, ...])``, three plots per row -> the figure (saved to
     ``path`` and closed when given):
 
-    * the tuning: validation accuracy at each learning rate of the grid (first seed), the chosen
-      rate circled;
+    * the tuning: validation accuracy at each learning rate of the grid, the mean over seeds
+      (band: min..max), the chosen rate circled;
     * training loss per epoch at each variant's rate: the mean over seeds, the band from the best
       to the worst seed;
     * test accuracy at the end: one dot per seed, a bar at the mean.
@@ -398,11 +395,14 @@ def plot_fair_comparison(trials, panels, path=None):
         ax_lr, ax_loss, ax_acc = row
         for i, name in enumerate(names):
             color = f"C{i}"
-            first = final[name][0].seed
-            sweep = sorted((t for t in trials if t.variant == name and t.seed == first), key=lambda t: t.lr)
-            ax_lr.plot([t.lr for t in sweep], [t.val_acc for t in sweep], "o-", color=color, label=name)
-            best = next(t for t in sweep if t.lr == rates[name])
-            ax_lr.plot([best.lr], [best.val_acc], "o", ms=13, mfc="none", mec=color, mew=2)
+            lrs = sorted({t.lr for t in trials if t.variant == name})
+            vals = [[t.val_acc for t in trials if t.variant == name and t.lr == lr] for lr in lrs]
+            if not np.isnan(vals).any():             # without validation images nothing was tuned
+                mean_val = [np.mean(v) for v in vals]
+                ax_lr.plot(lrs, mean_val, "o-", color=color, label=name)
+                ax_lr.fill_between(lrs, [min(v) for v in vals], [max(v) for v in vals], color=color, alpha=0.15)
+                ax_lr.plot([rates[name]], [mean_val[lrs.index(rates[name])]], "o", ms=13, mfc="none", mec=color,
+                           mew=2)
             losses = np.array([[r["train_loss"] for r in t.history] for t in final[name]])
             ep = np.arange(1, losses.shape[1] + 1)
             ax_loss.plot(ep, losses.mean(0), "-", color=color, lw=2,
@@ -411,8 +411,13 @@ def plot_fair_comparison(trials, panels, path=None):
             accs = [t.test_acc for t in final[name]]
             ax_acc.barh(i, np.mean(accs), color=color, alpha=0.35)
             ax_acc.plot(accs, [i] * len(accs), "o", color=color)
-        ax_lr.set_xscale("log"); ax_lr.set_xlabel("learning rate"); ax_lr.set_ylim(0, 1)
-        ax_lr.set_ylabel("validation accuracy\n(tuning seed)"); ax_lr.axhline(0.1, color="gray", ls=":")
+        if ax_lr.lines:
+            ax_lr.set_xscale("log")
+        else:
+            ax_lr.text(0.5, 0.5, "no validation images:\nno rate tuned", ha="center", va="center",
+                       transform=ax_lr.transAxes)
+        ax_lr.set_xlabel("learning rate"); ax_lr.set_ylim(0, 1)
+        ax_lr.set_ylabel("validation accuracy\n(mean; band: min..max over seeds)"); ax_lr.axhline(0.1, color="gray", ls=":")
         ax_loss.set_xlabel("epoch"); ax_loss.set_ylabel("training loss\n(mean; band: min..max over seeds)")
         ax_loss.legend(fontsize=8); ax_loss.set_title(title)
         ax_acc.set_yticks(range(len(names))); ax_acc.set_yticklabels([n.replace(" ", "\n", 1) for n in names],

@@ -86,10 +86,10 @@ FLAGS = {
     "lr": (("--lr",), dict(type=_checked(float, "lr")),
            lambda d: f"peak learning rate, in (0, 10] (default {d['lr']})"),
     "lr_grid": (("--lr-grid",), dict(type=_checked(float, "lr"), nargs="+", metavar="LR"), lambda d: (
-        "learning rates to try, each in (0, 10]: every variant trains at each with the first seed and keeps "
-        "the one with the best validation accuracy (default: just --lr)")),
+        "learning rates to try, each in (0, 10]: every variant trains at each with every seed and is judged "
+        "at the one with the best mean validation accuracy (default: just --lr)")),
     "seeds": (("--seeds",), dict(type=_checked(int, "seeds"), metavar="N"), lambda d: (
-        f"runs per variant at its chosen rate, with seeds --seed, --seed+1, ... (default {d['seeds']})")),
+        f"runs per variant and rate, with seeds --seed, --seed+1, ... (default {d['seeds']})")),
     "val": (("--val",), dict(type=_checked(int, "val"), metavar="N"), lambda d: (
         "validation images held out from the end of the training images, to choose the rate (default: "
         "none with one rate, a fifth of the training images with several)")),
@@ -227,10 +227,11 @@ def build_parser():
                                       "activation none/relu/elu; writes OUT/ablation.png, OUT/summary.csv, "
                                       "OUT/ablation.csv",
                        description="Train four variants of the mini model: residual with intermediate none / "
-                                   "relu / elu, and without residual (none). Each variant gets its own learning "
-                                   "rate from --lr-grid (the best on --val validation images, first seed), then "
-                                   "runs with --seeds seeds at it; test accuracy is reported, and an ordering "
-                                   "counts only if every seed agrees (the paper's Figures 9 and 10).")
+                                   "relu / elu, and without residual (none). Each variant trains at every rate "
+                                   "of --lr-grid with --seeds seeds and is judged at its own rate, the one with "
+                                   "the best mean accuracy on --val validation images; test accuracy is "
+                                   "reported, and an ordering counts only if every seed agrees (the paper's "
+                                   "Figures 9 and 10).")
     from .ablate import add_ablate_args
     add_ablate_args(p)
     parser.commands = dict(sub.choices)

@@ -12,15 +12,19 @@ def _trial(variant, lr, seed, val, test):
     return Trial(variant, lr, seed, [{"train_loss": 1.0 - test}], val, test, 1.0, 0.0)
 
 
-def test_chosen_rates_and_final_trials_follow_the_repeated_rate():
-    trials = [_trial("a", 0.01, 0, 0.5, 0.5), _trial("a", 0.1, 0, 0.7, 0.6), _trial("a", 0.1, 1, 0.2, 0.3),
-              _trial("b", 0.01, 0, 0.6, 0.6), _trial("b", 0.1, 0, 0.4, 0.4), _trial("b", 0.01, 1, 0.5, 0.5)]
-    assert chosen_rates(trials) == {"a": 0.1, "b": 0.01}
+def test_chosen_rates_follow_the_best_mean_validation_accuracy_over_seeds():
+    # a: 0.1 wins on seed 0 (0.7 vs 0.5) but diverges on seed 1: its mean loses to 0.01's
+    trials = [_trial("a", 0.01, 0, 0.5, 0.5), _trial("a", 0.01, 1, 0.5, 0.55),
+              _trial("a", 0.1, 0, 0.7, 0.6), _trial("a", 0.1, 1, 0.2, 0.3),
+              _trial("b", 0.01, 0, 0.6, 0.6), _trial("b", 0.01, 1, 0.5, 0.5),
+              _trial("b", 0.1, 0, 0.4, 0.4), _trial("b", 0.1, 1, 0.8, 0.7)]
+    assert chosen_rates(trials) == {"a": 0.01, "b": 0.1}
     final = final_trials(trials)
-    assert [(t.lr, t.seed) for t in final["a"]] == [(0.1, 0), (0.1, 1)]
-    assert [(t.lr, t.seed) for t in final["b"]] == [(0.01, 0), (0.01, 1)]
-    # one seed only: the tuning run with the best validation accuracy
-    assert chosen_rates(trials[:2]) == {"a": 0.1}
+    assert [(t.lr, t.seed) for t in final["a"]] == [(0.01, 0), (0.01, 1)]
+    assert [(t.lr, t.seed) for t in final["b"]] == [(0.1, 0), (0.1, 1)]
+    # one seed: that seed decides; equal means: the first rate listed
+    assert chosen_rates([t for t in trials if t.seed == 0]) == {"a": 0.1, "b": 0.01}
+    assert chosen_rates([_trial("c", 0.2, 0, 0.5, 0.5), _trial("c", 0.02, 0, 0.5, 0.1)]) == {"c": 0.2}
 
 
 def test_an_ordering_holds_only_if_every_seed_agrees():
@@ -53,7 +57,7 @@ def _data(n_train=48, n_val=32, n_test=32):
                 x_test=xt, y_test=yt)
 
 
-def test_fair_comparison_tunes_per_variant_then_repeats_at_the_best_rate(tmp_path):
+def test_fair_comparison_runs_every_rate_with_every_seed_and_judges_at_the_best_mean(tmp_path):
     built = []
 
     def build(kw, seed):
@@ -62,16 +66,19 @@ def test_fair_comparison_tunes_per_variant_then_repeats_at_the_best_rate(tmp_pat
 
     lines = []
     trials = fair_comparison({"narrow": dict(width=2), "wide": dict(width=4)}, _data(), build,
-                             grid=(0.001, 0.05), seeds=(3, 4, 5), epochs=1, batch_size=16,
+                             grid=(0.001, 0.05), seeds=(3, 4), epochs=1, batch_size=16,
                              out=tmp_path, log=lines.append)
-    assert len(trials) == len(lines) == 2 * (2 + 2)           # per variant: the grid, then two more seeds
-    assert built == [(2, 3), (2, 3), (2, 4), (2, 5), (4, 3), (4, 3), (4, 4), (4, 5)]
+    assert len(trials) == len(lines) == 2 * 2 * 2             # variants x rates x seeds
+    assert built == [(2, 3), (2, 4), (2, 3), (2, 4), (4, 3), (4, 4), (4, 3), (4, 4)]
+    assert [(t.variant, t.lr, t.seed) for t in trials[:4]] == [
+        ("narrow", 0.001, 3), ("narrow", 0.001, 4), ("narrow", 0.05, 3), ("narrow", 0.05, 4)]
     for name in ("narrow", "wide"):
-        tuning = [t for t in trials if t.variant == name][:2]
-        best = max(tuning, key=lambda t: t.val_acc).lr
-        assert [t.lr for t in tuning] == [0.001, 0.05] and chosen_rates(trials)[name] == best
-        assert [(t.lr, t.seed) for t in final_trials(trials)[name]] == [(best, 3), (best, 4), (best, 5)]
-        assert (tmp_path / name / f"lr{best:g}-seed5" / "checkpoint.npz").is_file()
+        mean = {lr: np.mean([t.val_acc for t in trials if t.variant == name and t.lr == lr]) for lr in (0.001, 0.05)}
+        best = 0.05 if mean[0.05] > mean[0.001] else 0.001
+        assert chosen_rates(trials)[name] == best
+        assert [(t.lr, t.seed) for t in final_trials(trials)[name]] == [(best, 3), (best, 4)]
+        for lr in (0.001, 0.05):
+            assert (tmp_path / name / f"lr{lr:g}-seed4" / "checkpoint.npz").is_file()
     for t in trials:
         assert 0.0 <= t.val_acc <= 1.0 and 0.0 <= t.test_acc <= 1.0 and np.isfinite(t.test_loss)
         assert len(t.history) == 1 and t.seconds > 0
@@ -174,14 +181,15 @@ def test_plot_fair_comparison_draws_every_variant(tmp_path):
     from minixception.ablate import plot_fair_comparison
     trials = []
     for name, base in (("a", 0.8), ("b", 0.5)):
-        trials += [Trial(name, lr, 0, [{"train_loss": 2.0}, {"train_loss": 1.0 + lr}], base - lr, base, 1.0, 0.0)
-                   for lr in (0.01, 0.1)]
-        trials += [Trial(name, 0.01, s, [{"train_loss": 2.0}, {"train_loss": 1.0 + s / 10}], 0.0, base - s / 10,
-                         1.0, 0.0) for s in (1, 2)]
+        for lr in (0.01, 0.1):                 # 0.01 has the better validation accuracy on every seed
+            trials += [Trial(name, lr, s, [{"train_loss": 2.0}, {"train_loss": 1.0 + s / 10 + (lr > 0.05)}],
+                             base - lr - s / 100, base - s / 10 if lr < 0.05 else 0.0, 1.0, 0.0) for s in (0, 1, 2)]
     fig = plot_fair_comparison(trials, [("both", ["a", "b"]), ("one", ["b"])], path=tmp_path / "fair.png")
     assert (tmp_path / "fair.png").stat().st_size > 10_000
     ax_lr, ax_loss, ax_acc = fig.axes[:3]
     assert len(ax_lr.lines) >= 4                                   # a sweep and a circle per variant
     band = ax_loss.collections[0].get_paths()[0].vertices          # variant a: min..max over its 3 seeds
-    assert np.isclose(band[:, 1].max(), 2.0) and np.isclose(band[:, 1].min(), 1.01)
+    assert np.isclose(band[:, 1].max(), 2.0) and np.isclose(band[:, 1].min(), 1.0)
+    tuning_band = ax_lr.collections[0].get_paths()[0].vertices     # variant a: val acc over seeds, per rate
+    assert np.isclose(tuning_band[:, 1].max(), 0.79) and np.isclose(tuning_band[:, 1].min(), 0.68)
     assert [tuple(np.round(line.get_xdata(), 3)) for line in ax_acc.lines][:2] == [(0.8, 0.7, 0.6), (0.5, 0.4, 0.3)]
