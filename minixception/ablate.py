@@ -413,6 +413,9 @@ def plot_fair_comparison(trials, panels, path=None):
             ax_acc.plot(accs, [i] * len(accs), "o", color=color)
         if ax_lr.lines:
             ax_lr.set_xscale("log")
+            rates_tried = sorted({t.lr for t in trials if t.variant in names})
+            ax_lr.set_xticks(rates_tried, [f"{lr:g}" for lr in rates_tried])
+            ax_lr.minorticks_off()
         else:
             ax_lr.text(0.5, 0.5, "no validation images:\nno rate tuned", ha="center", va="center",
                        transform=ax_lr.transAxes)
