@@ -358,7 +358,8 @@ inside a trained Xception.
 3. `python -m minixception ablate` runs the same protocol on the same four variants from the
    command line (see `--help`; `--data cifar10 --device gpu --width 2` on a GPU machine). Put three
    times the paper's rate back into the grid (`--lr-grid 0.015 0.045 0.135 --seeds 3 --val 1000
-   --no-augment --middle-blocks 4`), and train for more epochs: does any variant's rate change, do the
+   --no-augment --middle-blocks 4 --weight-decay 1e-5 --bn-momentum 0.99`: the command's own defaults
+   for the last two differ from this chapter's), and train for more epochs: does any variant's rate change, do the
    orderings persist, and does the plain stack eventually catch up?
    <details><summary>Hint</summary>Read the loss curves, not only the last point: "slower" and
    "worse" are different claims.</details>
