@@ -269,3 +269,22 @@ def test_gradcheck_refuses_a_backward_with_the_wrong_number_of_gradients():
         mx.gradcheck.check_function(fwd, lambda dy, c: F.depthwise_conv2d_backward(dy, c) + (None,), [x, k])
     errors = mx.gradcheck.check_function(fwd, F.depthwise_conv2d_backward, [x, k])
     assert len(errors) == 2 and max(errors) < 1e-7
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba", "cuda"])
+def test_separable_op_refuses_kernels_that_do_not_chain_and_unknown_activations(impl):
+    """Every implementation of the separable op checks its arguments the same way (one shared check)."""
+    if impl == "reference":
+        forward = F.separable_conv2d_forward
+    elif impl == "numba":
+        pytest.importorskip("numba")
+        from minixception.kernels.cpu.depthwise import separable_conv2d_forward as forward
+    else:
+        pytest.importorskip("cupy")
+        from minixception.kernels.cuda.separable import separable_forward as forward
+    x = np.zeros((1, 5, 5, 3), "float32")
+    dk, pk = np.zeros((3, 3, 3, 1), "float32"), np.zeros((1, 1, 4, 6), "float32")
+    with pytest.raises(ValueError, match=r"gives 3 channels but the pointwise kernel \(1, 1, 4, 6\) expects 4"):
+        forward(x, dk, pk)
+    with pytest.raises(ValueError, match="intermediate must be None, 'relu' or 'elu', got 'tanh'"):
+        forward(x, dk, np.zeros((1, 1, 3, 6), "float32"), intermediate="tanh")

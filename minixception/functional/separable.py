@@ -16,34 +16,37 @@ from .activations import elu_backward, elu_forward, relu_backward, relu_forward
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .pointwise import pointwise_conv2d_backward, pointwise_conv2d_forward
 
-_ACTIVATIONS = {
+# the activation allowed between the two halves: name -> (forward, backward); the fast separable
+# kernels (which swap only the depthwise half) use this table and the checks below as well
+INTERMEDIATE_ACTIVATIONS = {
     None: None,
     "relu": (relu_forward, relu_backward),
     "elu": (elu_forward, elu_backward),
 }
 
 
-def _check_intermediate(intermediate):
-    """Refuse an unknown activation name (the layer checks it at construction too)."""
-    if intermediate not in _ACTIVATIONS:
+def check_separable_arguments(depthwise_kernel, pointwise_kernel, intermediate):
+    """Refuse an unknown activation name (the layer checks it at construction too) and kernels
+    whose channel counts do not chain."""
+    if intermediate not in INTERMEDIATE_ACTIVATIONS:
         raise ValueError(f"intermediate must be None, 'relu' or 'elu', got {intermediate!r}")
-
-
-def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, padding="same",
-                             intermediate=None):
-    """x: (N, H, W, C), depthwise_kernel: (kh, kw, C, 1), pointwise_kernel: (1, 1, C, F)
-    -> y: (N, Ho, Wo, F), cache."""
-    _check_intermediate(intermediate)
     if pointwise_kernel.ndim == 4 and depthwise_kernel.ndim == 4 \
             and pointwise_kernel.shape[2] != depthwise_kernel.shape[2]:
         raise ValueError(
             f"separable conv: depthwise kernel {depthwise_kernel.shape} gives "
             f"{depthwise_kernel.shape[2]} channels but the pointwise kernel "
             f"{pointwise_kernel.shape} expects {pointwise_kernel.shape[2]}")
+
+
+def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, padding="same",
+                             intermediate=None):
+    """x: (N, H, W, C), depthwise_kernel: (kh, kw, C, 1), pointwise_kernel: (1, 1, C, F)
+    -> y: (N, Ho, Wo, F), cache."""
+    check_separable_arguments(depthwise_kernel, pointwise_kernel, intermediate)
     h, dw_cache = depthwise_conv2d_forward(x, depthwise_kernel, stride, padding)
     act_cache = None
     if intermediate is not None:
-        h, act_cache = _ACTIVATIONS[intermediate][0](h)
+        h, act_cache = INTERMEDIATE_ACTIVATIONS[intermediate][0](h)
     y, pw_cache = pointwise_conv2d_forward(h, pointwise_kernel)
     return y, (dw_cache, act_cache, pw_cache, intermediate)
 
@@ -54,6 +57,6 @@ def separable_conv2d_backward(dy, cache):
     dw_cache, act_cache, pw_cache, intermediate = cache
     dh, dpointwise = pointwise_conv2d_backward(dy, pw_cache)
     if intermediate is not None:
-        dh = _ACTIVATIONS[intermediate][1](dh, act_cache)
+        dh = INTERMEDIATE_ACTIVATIONS[intermediate][1](dh, act_cache)
     dx, ddepthwise = depthwise_conv2d_backward(dh, dw_cache)
     return dx, ddepthwise, dpointwise

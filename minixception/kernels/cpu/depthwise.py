@@ -27,6 +27,7 @@ import numpy as np
 
 from ... import functional as F
 from ...functional.padding import conv_geometry, pair
+from ...functional.separable import INTERMEDIATE_ACTIVATIONS
 from .. import Kernel, register
 from . import gemm, threads
 from .jit import kernel_jit
@@ -273,13 +274,10 @@ def depthwise_conv2d_backward(dy, cache):
 def separable_supports(x, depthwise_kernel=None, pointwise_kernel=None, stride=1, padding="same",
                        intermediate=None, *args, **kwargs):
     """The fast depthwise must take the call, and the rest must be a call the reference accepts."""
-    if intermediate not in (None, "relu", "elu") or not supports(x, depthwise_kernel, stride, padding):
+    if intermediate not in INTERMEDIATE_ACTIVATIONS or not supports(x, depthwise_kernel, stride, padding):
         return False
     return (isinstance(pointwise_kernel, np.ndarray) and pointwise_kernel.dtype == x.dtype
             and pointwise_kernel.ndim == 4 and pointwise_kernel.shape[:3] == (1, 1, x.shape[3]))
-
-
-_ACTIVATIONS = {"relu": (F.relu_forward, F.relu_backward), "elu": (F.elu_forward, F.elu_backward)}
 
 
 def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, padding="same",
@@ -291,7 +289,7 @@ def separable_conv2d_forward(x, depthwise_kernel, pointwise_kernel, stride=1, pa
     h, dw_cache = depthwise_conv2d_forward(x, depthwise_kernel, stride, padding)
     act_cache = None
     if intermediate is not None:
-        h, act_cache = _ACTIVATIONS[intermediate][0](h)
+        h, act_cache = INTERMEDIATE_ACTIVATIONS[intermediate][0](h)
     y, pw_cache = gemm.pointwise_conv2d_forward(h, pointwise_kernel)  # one GEMM, rows over the pool
     return y, (dw_cache, act_cache, pw_cache, intermediate)
 
@@ -301,7 +299,7 @@ def separable_conv2d_backward(dy, cache):
     dw_cache, act_cache, pw_cache, intermediate = cache
     dh, dpointwise = gemm.pointwise_conv2d_backward(dy, pw_cache)
     if intermediate is not None:
-        dh = _ACTIVATIONS[intermediate][1](dh, act_cache)
+        dh = INTERMEDIATE_ACTIVATIONS[intermediate][1](dh, act_cache)
     dx, ddepthwise = depthwise_conv2d_backward(dh, dw_cache)     # the reference's, if its forward ran
     return dx, ddepthwise, dpointwise
 
