@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 import minixception as mx                # noqa: E402
 from minixception import backend         # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import cupy_step           # noqa: E402
+
 # launches per call of each op's CUDA wrapper (kernels/cuda/*.py)
 CUDA_LAUNCHES = {
     ("depthwise_conv2d", "forward"): 1,          # dw_forward
@@ -229,14 +232,7 @@ def estimate(model, batch=2, side=32, classes=10):
             m._buffers[k] = b.view(CountingArray)
     x = rng.standard_normal((batch, side, side, 3)).astype(np.float32).view(CountingArray)
     y = rng.integers(0, classes, batch).view(CountingArray)
-    opt = mx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    def step():
-        opt.zero_grad()
-        logits = model(x)
-        _, d = mx.losses.softmax_cross_entropy(logits, y)
-        model.backward(d)
-        opt.step()
+    step = cupy_step(model, x, y)                # the very step bench_gpu.py times
 
     with counting_array_module(), mx.use_kernels("reference"):
         step()                                   # the first step makes the momentum buffers
