@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from .backend import check_device, get_array_module, to_device
-from .checkpoint import CheckpointError, load_checkpoint, rng_from_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, rng_from_state, save_checkpoint
 from .data.iterator import BatchIterator, channel_stats
 from .kernels.cpu.threads import cpu_threads, num_threads
 from .losses import softmax_cross_entropy
-from .nn.layers import Dropout
+from .nn.layers import BatchNorm2D, Dropout
 from .nn.module import inference_mode
 from .optim import SGD, Cosine, PolyakAverage, make_schedule
 from .runfolder import RunFolderError, claim
@@ -305,7 +305,6 @@ def recompute_bn_statistics(model, x, y, batch_size, mean, std, rng=1):
     describe no single model. One pass with each layer's momentum set to t/(t+1) at batch t makes
     the moving value the plain mean of the batch statistics. x: (N, H, W, C) uint8 images.
     """
-    from .nn.layers import BatchNorm2D
     bns = [m for m in model.modules() if isinstance(m, BatchNorm2D)]
     saved = [m.momentum for m in bns]
     was_training = model.training
@@ -360,7 +359,6 @@ def load_polyak(path, model):
     names and shapes. ``with avg.applied():`` then evaluates (or saves) the averaged weights.
     Raises CheckpointError when the checkpoint holds no average.
     """
-    from .checkpoint import read_checkpoint
     _, _, meta = read_checkpoint(path)
     if "polyak" not in meta:
         raise CheckpointError(f"{path}: holds no Polyak average (the run was trained without polyak=...)")
